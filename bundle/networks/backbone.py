@@ -1,0 +1,317 @@
+"""Diffusion UNet backbones and the feature extractor of CPRFL (paper Eq. 6).
+
+A backbone is a diffusion UNet that can stop inside its decoder and hand back the outputs of chosen
+decoder blocks. "Block" follows the DDPM-seg / TextDiff convention (method-notes section 2): decoder
+block ``j`` is the ``j``-th residual unit of the decoder, counted from the deepest, together with the
+attention that follows it and, for the last unit of a resolution level, the upsampler. This is exactly
+what OpenAI's ADM calls ``output_blocks[j]``, so block indices mean the same thing for the MONAI
+backbone here and for the ADM backbone in :mod:`bundle.networks.adm`.
+
+Both backbones take the prompt of Eq. 5 as ``emb_offset``: a vector added to the timestep embedding
+``M`` before any residual block consumes it (the slot where class-conditional diffusion models add their
+label embedding), so ``P = M + TextProj(E)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from monai.networks.schedulers import DDPMScheduler
+from torch import nn
+
+from ..errors import BundleInputError
+
+__all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
+
+
+@runtime_checkable
+class DecoderFeatureBackbone(Protocol):
+    """What :class:`DiffusionFeatureExtractor` needs from a diffusion UNet."""
+
+    in_channels: int
+    time_embed_dim: int  # d in Eq. 4-5
+    cross_attention_dim: int | None  # context token width, None = no cross-attention
+
+    def decoder_block_channels(self) -> list[int]:
+        """Channels of every decoder block output, index = block index."""
+        ...
+
+    def decoder_block_strides(self) -> list[int]:
+        """Down-sampling factor of every decoder block output relative to the input."""
+        ...
+
+    def decoder_features(
+        self,
+        x_t: torch.Tensor,
+        timesteps: torch.Tensor,
+        blocks: Sequence[int],
+        emb_offset: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Outputs of ``blocks`` (ascending) for noisy images ``x_t`` (B, C, H, W) at ``timesteps`` (B,).
+
+        Stops after the last requested block. ``emb_offset`` (B, time_embed_dim) is added to the
+        timestep embedding; ``context`` (B, N, cross_attention_dim) feeds the cross-attention.
+        """
+        ...
+
+
+class MonaiDiffusionBackbone(nn.Module):
+    """MONAI :class:`~monai.networks.nets.DiffusionModelUNet` (2D) exposed block by block.
+
+    The wrapped network is kept as ``self.unet`` so a checkpoint of a plain ``DiffusionModelUNet``
+    (what ``configs/pretrain_diffusion.json`` writes) loads into it unchanged. Constructor arguments
+    are passed to ``DiffusionModelUNet``; ``spatial_dims`` is fixed to 2.
+
+    Args:
+        in_channels: image channels.
+        channels: channels per resolution level.
+        attention_levels: which levels carry attention (cross-attention when ``cross_attention_dim``).
+        num_res_blocks: residual blocks per encoder level (the decoder has one more per level).
+        cross_attention_dim: width of context tokens; ``None`` builds a UNet without cross-attention.
+        kwargs: any other ``DiffusionModelUNet`` argument (``norm_num_groups``, ``num_head_channels``...).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        attention_levels: Sequence[bool] = (False, False, False, True),
+        num_res_blocks: Sequence[int] | int = 1,
+        cross_attention_dim: int | None = None,
+        num_head_channels: Sequence[int] | int = 32,
+        norm_num_groups: int = 32,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            channels=tuple(channels),
+            attention_levels=tuple(attention_levels),
+            num_res_blocks=num_res_blocks,
+            with_conditioning=cross_attention_dim is not None,
+            cross_attention_dim=cross_attention_dim,
+            num_head_channels=num_head_channels,
+            norm_num_groups=norm_num_groups,
+            **kwargs,
+        )
+        self.in_channels = in_channels
+        self.cross_attention_dim = cross_attention_dim
+        self.time_embed_dim = self.unet.time_embed[-1].out_features
+        # decoder blocks: (up-block index, resnet index), one per residual unit, deepest first
+        self._units: list[tuple[int, int]] = [
+            (i, j) for i, up in enumerate(self.unet.up_blocks) for j in range(len(up.resnets))
+        ]
+        rev = list(reversed(channels))
+        self._channels = [rev[i] for i, _ in self._units]
+        levels = len(channels)
+        self._strides = [
+            2 ** (levels - 1 - i) // (2 if (j == len(self.unet.up_blocks[i].resnets) - 1 and i < levels - 1) else 1)
+            for i, j in self._units
+        ]
+
+    def decoder_block_channels(self) -> list[int]:
+        return list(self._channels)
+
+    def decoder_block_strides(self) -> list[int]:
+        return list(self._strides)
+
+    def decoder_features(
+        self,
+        x_t: torch.Tensor,
+        timesteps: torch.Tensor,
+        blocks: Sequence[int],
+        emb_offset: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        unet = self.unet
+        wanted = sorted(set(blocks))
+        if not wanted or wanted[0] < 0 or wanted[-1] >= len(self._units):
+            raise BundleInputError(
+                f"decoder blocks {list(blocks)} out of range: this backbone has blocks 0..{len(self._units) - 1}"
+            )
+        # Eq. 5: P = M + TextProj(E), M = time_embed(sinusoid(t))
+        emb = unet.time_embed(get_timestep_embedding(timesteps, unet.block_out_channels[0]).to(x_t.dtype))
+        if emb_offset is not None:
+            emb = emb + emb_offset.to(emb.dtype)
+        if unet.with_conditioning and context is None:
+            raise ValueError("this backbone has cross-attention: pass context tokens (B, N, cross_attention_dim)")
+        ctx = context if unet.with_conditioning else None
+
+        h = unet.conv_in(x_t)
+        skips = [h]
+        for down in unet.down_blocks:
+            h, res = down(hidden_states=h, temb=emb, context=ctx)
+            skips.extend(res)
+        h = unet.middle_block(hidden_states=h, temb=emb, context=ctx)
+
+        out: list[torch.Tensor] = []
+        for block, (i, j) in enumerate(self._units):
+            up = unet.up_blocks[i]
+            h = up.resnets[j](torch.cat([h, skips.pop()], dim=1), emb)
+            attentions = getattr(up, "attentions", None)
+            if attentions is not None:
+                h = attentions[j](h, context=ctx) if unet.with_conditioning else attentions[j](h).contiguous()
+            if j == len(up.resnets) - 1 and up.upsampler is not None:
+                h = up.upsampler(h, emb)
+            if block in wanted:
+                out.append(h)
+                if block == wanted[-1]:
+                    break
+        return out
+
+
+def load_backbone_weights(module: nn.Module, path: str | None, strict: bool = True) -> nn.Module:
+    """Load a backbone checkpoint from a local file, with an error that names the first bad key.
+
+    Accepts a bare ``state_dict`` or a dict holding one under ``"state_dict"``, ``"model"`` or
+    ``"backbone"``. For :class:`MonaiDiffusionBackbone` a plain ``DiffusionModelUNet`` state dict is
+    loaded into ``module.unet``.
+    """
+    if not path:
+        return module
+    import os
+
+    if not os.path.isfile(path):
+        raise BundleInputError(f"backbone checkpoint '{path}' does not exist (option backbone_ckpt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable / truncated file
+        raise BundleInputError(f"backbone checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
+    for key in ("state_dict", "model", "backbone"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    target = module.unet if isinstance(module, MonaiDiffusionBackbone) and not any(
+        k.startswith("unet.") for k in state
+    ) else module
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if strict and (missing or unexpected or wrong):
+        first = (
+            f"missing key '{missing[0]}'" if missing else
+            f"unexpected key '{unexpected[0]}'" if unexpected else
+            f"key '{wrong[0]}' has shape {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
+        )
+        raise BundleInputError(
+            f"backbone checkpoint '{path}' does not match the configured backbone: {first} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape). "
+            "Check the backbone settings (channels, attention levels, cross_attention_dim) match the checkpoint."
+        )
+    target.load_state_dict(state, strict=strict)
+    return module
+
+
+class DiffusionFeatureExtractor(nn.Module):
+    """Eq. 6: F_img = f_DUN(N_img, P), multi-timestep decoder features of a diffusion UNet.
+
+    The clean image x0 is noised to x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with MONAI's
+    :class:`DDPMScheduler` and ONE seeded noise tensor eps shared by every image, timestep, call and
+    split (DDPM-seg / TextDiff). All timesteps run as one batch; the outputs of each hooked decoder block
+    are concatenated over timesteps on the channel axis, timestep-major.
+
+    Args:
+        backbone: a :class:`DecoderFeatureBackbone`.
+        timesteps: diffusion steps t (paper: 50, 150, 250).
+        blocks: decoder block indices to hook.
+        num_train_timesteps, beta_start, beta_end, schedule: the noise schedule (linear, 1000 steps,
+            1e-4..0.02 gives abar = 0.970 / 0.786 / 0.521 at t = 50 / 150 / 250).
+        noise_seed: seed of the shared noise eps.
+        trainable: False freezes the backbone (no gradients to its weights, eval mode).
+        checkpoint: optional local backbone checkpoint loaded at construction.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        timesteps: Sequence[int] = (50, 150, 250),
+        blocks: Sequence[int] = (1, 2, 3, 4),
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        schedule: str = "linear_beta",
+        noise_seed: int = 0,
+        trainable: bool = True,
+        checkpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(backbone, DecoderFeatureBackbone):
+            raise TypeError(f"backbone {type(backbone).__name__} does not implement DecoderFeatureBackbone")
+        timesteps = [int(t) for t in timesteps]
+        if not timesteps or min(timesteps) < 0 or max(timesteps) >= num_train_timesteps:
+            raise BundleInputError(f"timesteps {timesteps} must lie in [0, {num_train_timesteps - 1}]")
+        n_blocks = len(backbone.decoder_block_channels())
+        self.blocks = sorted({int(b) for b in blocks})
+        if not self.blocks or self.blocks[0] < 0 or self.blocks[-1] >= n_blocks:
+            raise BundleInputError(f"blocks {list(blocks)} out of range: the backbone has blocks 0..{n_blocks - 1}")
+        self.backbone = load_backbone_weights(backbone, checkpoint)
+        self.timesteps = timesteps
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps, schedule=schedule, beta_start=beta_start, beta_end=beta_end
+        )
+        self.noise_seed = int(noise_seed)
+        self._noise: dict[tuple, torch.Tensor] = {}
+        self.trainable = bool(trainable)
+        if not self.trainable:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> DiffusionFeatureExtractor:
+        super().train(mode)
+        if not self.trainable:
+            self.backbone.eval()
+        return self
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each returned feature map: single-timestep channels x number of timesteps."""
+        chans = self.backbone.decoder_block_channels()
+        return [chans[b] * len(self.timesteps) for b in self.blocks]
+
+    @property
+    def out_strides(self) -> list[int]:
+        strides = self.backbone.decoder_block_strides()
+        return [strides[b] for b in self.blocks]
+
+    def shared_noise(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The one seeded eps of shape (C, H, W), identical on every call."""
+        key = (tuple(shape), str(device), dtype)
+        if key not in self._noise:
+            gen = torch.Generator().manual_seed(self.noise_seed)
+            self._noise[key] = torch.randn(tuple(shape), generator=gen).to(device=device, dtype=dtype)
+        return self._noise[key]
+
+    def add_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 (B, C, H, W) -> x_t (T*B, C, H, W), timestep-major, and the matching timesteps (T*B,)."""
+        b = x0.shape[0]
+        t = torch.tensor(self.timesteps, device=x0.device, dtype=torch.long).repeat_interleave(b)
+        eps = self.shared_noise(x0.shape[1:], x0.device, x0.dtype).expand(len(t), *x0.shape[1:])
+        x_t = self.scheduler.add_noise(x0.repeat(len(self.timesteps), 1, 1, 1), eps, t)
+        return x_t, t
+
+    def forward(
+        self, x0: torch.Tensor, emb_offset: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """x0 (B, C, H, W) in [-1, 1] -> one (B, C_b * T, H_b, W_b) map per hooked block."""
+        b, n_t = x0.shape[0], len(self.timesteps)
+        x_t, t = self.add_noise(x0)
+        if emb_offset is not None:
+            emb_offset = emb_offset.repeat(n_t, 1)  # (T*B, d)
+        if context is not None:
+            context = context.repeat(n_t, 1, 1)  # (T*B, N, Dc)
+        needs_grad = torch.is_grad_enabled() and (
+            self.trainable
+            or (emb_offset is not None and emb_offset.requires_grad)
+            or (context is not None and context.requires_grad)
+        )
+        with torch.set_grad_enabled(needs_grad):
+            feats = self.backbone.decoder_features(x_t, t, self.blocks, emb_offset=emb_offset, context=context)
+        # (T*B, C, h, w) -> (B, T*C, h, w), timestep-major channels
+        return [f.reshape(n_t, b, *f.shape[1:]).transpose(0, 1).reshape(b, n_t * f.shape[1], *f.shape[2:]) for f in feats]
