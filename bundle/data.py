@@ -99,7 +99,7 @@ def load_datalist(
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleInputError(f"datalist '{path}' is not valid JSON: {e}") from e
         base = base_dir or os.path.dirname(os.path.abspath(path))
-        name = path
+        name = f"datalist '{path}'"
     else:
         data, base, name = datalist, base_dir or os.getcwd(), "datalist"
     if not isinstance(data, Mapping):
@@ -137,11 +137,17 @@ def load_datalist(
     return out
 
 
-def write_datalist(path: str, datalist: Mapping[str, list[dict[str, Any]]], relative: bool = True) -> str:
-    """Write a datalist atomically; paths become relative to the file's folder when ``relative``."""
+def write_datalist(path: str, datalist: Mapping[str, Any], relative: bool = True) -> str:
+    """Write a datalist atomically; paths become relative to the file's folder when ``relative``.
+
+    Top-level entries that are not lists of items (e.g. ``"ct_window": [-1000, 400]``) are written as given.
+    """
     base = os.path.dirname(os.path.abspath(path))
-    data: dict[str, list[dict[str, Any]]] = {}
+    data: dict[str, Any] = {}
     for split, items in datalist.items():
+        if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+            data[split] = items
+            continue
         data[split] = []
         for item in items:
             new = dict(item)

@@ -12,7 +12,16 @@ import torch
 
 from .errors import BundleInputError
 
-__all__ = ["atomic_write", "check_positive", "check_file", "default_device", "count_trainable_parameters"]
+__all__ = [
+    "atomic_write",
+    "check_positive",
+    "check_file",
+    "default_device",
+    "count_trainable_parameters",
+    "flatten",
+    "read_checkpoint",
+    "check_state_dict",
+]
 
 
 @contextlib.contextmanager
@@ -62,3 +71,58 @@ def default_device(device: str | None = None) -> torch.device:
 def count_trainable_parameters(module: torch.nn.Module) -> int:
     """Number of parameters that receive gradients (how the LCPDN / TextDiff papers count)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def flatten(items: Any) -> list:
+    """Flatten nested lists (config lists that splice in other lists, e.g. modality transforms)."""
+    out: list = []
+    for item in items:
+        out.extend(flatten(item) if isinstance(item, (list, tuple)) else [item])
+    return out
+
+
+def read_checkpoint(path: Any, option: str) -> dict:
+    """``torch.load`` a local checkpoint (weights only) with errors that name the option.
+
+    A dict holding the weights under ``"state_dict"`` or ``"model"`` is unwrapped.
+    """
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise BundleInputError(f"checkpoint '{path}' does not exist (option {option})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / not a torch file
+        raise BundleInputError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e}) (option {option})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BundleInputError(f"checkpoint '{path}' holds no state dict (option {option})")
+    return state
+
+
+def check_state_dict(expected: dict, state: dict, source: str, hint: str, allow_missing: tuple[str, ...] = ()) -> None:
+    """Raise one clear error naming the first missing / unexpected / mis-shaped key of ``state``.
+
+    Args:
+        expected: the module's ``state_dict()``.
+        state: the loaded weights.
+        source: where they came from (file name), for the message.
+        hint: what the user should check.
+        allow_missing: key prefixes that may be absent from ``state`` (modules added on top).
+    """
+    missing = [k for k in expected if k not in state and not k.startswith(tuple(allow_missing))]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or wrong):
+        return
+    if missing:
+        first = f"missing key '{missing[0]}'"
+    elif unexpected:
+        first = f"unexpected key '{unexpected[0]}'"
+    else:
+        k = wrong[0]
+        first = f"key '{k}' has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+    raise BundleInputError(
+        f"'{source}' does not match the configured network: {first} ({len(missing)} missing, "
+        f"{len(unexpected)} unexpected, {len(wrong)} wrong shape). {hint}"
+    )

@@ -1,0 +1,33 @@
+"""LCPDN network modules, one per concept of the paper (section 3)."""
+
+from .alignment_prompt import AlignmentPrompt, masked_mean
+from .backbone import DecoderFeatureBackbone, DiffusionFeatureExtractor, MonaiDiffusionBackbone, load_backbone_weights
+from .cross_attention_fusion import CrossAttentionFusion
+from .head import PixelClassifier
+from .image_encoder import ImageEncoder, build_image_encoder
+from .lcpdn import FUSIONS, LCPDN
+from .ltfr import LTFR, MultiScaleFusion, tile_text
+from .text_encoder import TextEncoder, clear_text_cache, default_text_encoder_path
+from .textdiff_head import TextDiffHead
+
+__all__ = [
+    "AlignmentPrompt",
+    "CrossAttentionFusion",
+    "DecoderFeatureBackbone",
+    "DiffusionFeatureExtractor",
+    "FUSIONS",
+    "ImageEncoder",
+    "LCPDN",
+    "LTFR",
+    "MonaiDiffusionBackbone",
+    "MultiScaleFusion",
+    "PixelClassifier",
+    "TextDiffHead",
+    "TextEncoder",
+    "build_image_encoder",
+    "clear_text_cache",
+    "default_text_encoder_path",
+    "load_backbone_weights",
+    "masked_mean",
+    "tile_text",
+]

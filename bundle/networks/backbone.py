@@ -24,6 +24,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
 from ..errors import BundleInputError
+from ..utils import check_state_dict, read_checkpoint
 
 __all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
 
@@ -170,40 +171,22 @@ class MonaiDiffusionBackbone(nn.Module):
 def load_backbone_weights(module: nn.Module, path: str | None, strict: bool = True) -> nn.Module:
     """Load a backbone checkpoint from a local file, with an error that names the first bad key.
 
-    Accepts a bare ``state_dict`` or a dict holding one under ``"state_dict"``, ``"model"`` or
-    ``"backbone"``. For :class:`MonaiDiffusionBackbone` a plain ``DiffusionModelUNet`` state dict is
-    loaded into ``module.unet``.
+    For :class:`MonaiDiffusionBackbone`, a plain ``DiffusionModelUNet`` state dict (what
+    ``configs/pretrain_diffusion.json`` writes) is loaded into ``module.unet``.
     """
     if not path:
         return module
-    import os
-
-    if not os.path.isfile(path):
-        raise BundleInputError(f"backbone checkpoint '{path}' does not exist (option backbone_ckpt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable / truncated file
-        raise BundleInputError(f"backbone checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
-    for key in ("state_dict", "model", "backbone"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    target = module.unet if isinstance(module, MonaiDiffusionBackbone) and not any(
-        k.startswith("unet.") for k in state
-    ) else module
-    expected = target.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if strict and (missing or unexpected or wrong):
-        first = (
-            f"missing key '{missing[0]}'" if missing else
-            f"unexpected key '{unexpected[0]}'" if unexpected else
-            f"key '{wrong[0]}' has shape {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
-        )
-        raise BundleInputError(
-            f"backbone checkpoint '{path}' does not match the configured backbone: {first} "
-            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape). "
-            "Check the backbone settings (channels, attention levels, cross_attention_dim) match the checkpoint."
+    state = read_checkpoint(path, "backbone_ckpt")
+    target = module
+    if isinstance(module, MonaiDiffusionBackbone) and not any(k.startswith("unet.") for k in state):
+        target = module.unet
+    if strict:
+        check_state_dict(
+            target.state_dict(),
+            state,
+            path,
+            "Check that the backbone options (channels, attention levels, cross_attention_dim / cprfl) "
+            "match the run that wrote this checkpoint (option backbone_ckpt).",
         )
     target.load_state_dict(state, strict=strict)
     return module

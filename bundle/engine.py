@@ -1,0 +1,230 @@
+"""Engine glue the configs use around stock MONAI trainers, evaluators and handlers.
+
+- :class:`TextInferer`: passes the per-item sentences (or a fixed prompt, e.g. MONAI Label's
+  ``text_prompt``) to the network next to the image.
+- :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` writing every file to a temporary name
+  and renaming it, so a kill never leaves a half-written checkpoint.
+- :class:`BestMetricState` + :func:`latest_checkpoint`: what ``--resume`` needs beyond model,
+  optimizer and trainer counters (the best validation metric and the best-model saver's memory).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ignite.handlers import ProgressBar as _IgniteProgressBar
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.inferers import SimpleInferer
+
+from .errors import BundleInputError
+from .utils import atomic_write, check_state_dict, read_checkpoint
+
+__all__ = [
+    "TextInferer",
+    "ProgressBar",
+    "AtomicCheckpointSaver",
+    "CheckedCheckpointLoader",
+    "BestMetricState",
+    "TrainerState",
+    "latest_checkpoint",
+    "log_parameters",
+    "print_evaluation",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class TextInferer(SimpleInferer):
+    """``network(inputs, text=...)`` with the batch's sentences, or ``text`` for every image when given.
+
+    Args:
+        text: fixed sentence overriding the items' text (None or empty: use the items' text, or the
+            network's modality default when the batch carries none).
+    """
+
+    def __init__(self, text: str | None = None) -> None:
+        super().__init__()
+        self.text = text.strip() if isinstance(text, str) and text.strip() else None
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, text: Any = None, **kwargs: Any) -> Any:
+        return network(inputs, *args, text=self.text if self.text is not None else text, **kwargs)
+
+
+class ProgressBar(_IgniteProgressBar):
+    """tqdm progress bar for MONAI workflows, which attach handlers with ``attach(engine)`` only.
+
+    Args:
+        output_transform: engine output -> value shown (e.g. the loss).
+        kwargs: ``ignite.handlers.ProgressBar`` arguments (``persist``, ``desc``...).
+    """
+
+    def __init__(self, output_transform: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._output_transform = output_transform
+
+    def attach(self, engine: Any, metric_names: Any = None, output_transform: Any = None, **kwargs: Any) -> None:
+        super().attach(engine, metric_names, output_transform or self._output_transform, **kwargs)
+
+
+class _AtomicSave(BaseSaveHandler):
+    """Wraps MONAI's disk saver: write to a temporary file then ``os.replace``; fixed names are never deleted
+    first (ignite removes the previous file before saving the next, which a kill could leave empty-handed)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.inner._atomic = True
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        self.inner(checkpoint, filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        if getattr(self.inner, "filename", None) is None:
+            self.inner.remove(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """:class:`monai.handlers.CheckpointSaver` whose writes are atomic (same arguments)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:
+                ckpt.save_handler = _AtomicSave(ckpt.save_handler)
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """:class:`monai.handlers.CheckpointLoader` for trained weights (``models/model.pt``) that first checks
+    the file exists and fits the configured network, and otherwise stops with one clear error."""
+
+    def __init__(self, load_path: str, load_dict: dict, option: str = "ckpt_dir", **kwargs: Any) -> None:
+        self.option = option
+        super().__init__(load_path=load_path, load_dict=load_dict, **kwargs)
+
+    def __call__(self, engine: Any) -> None:
+        state = read_checkpoint(self.load_path, self.option)
+        model = self.load_dict.get("model")
+        if isinstance(model, torch.nn.Module):
+            check_state_dict(
+                getattr(model, "module", model).state_dict(),
+                state,
+                self.load_path,
+                "It was trained with other network options (e.g. cprfl, fusion, blocks, backbone_channels): "
+                "pass the same options, or point to the right checkpoint.",
+            )
+        super().__call__(engine)
+
+
+class BestMetricState:
+    """Checkpointable view of the validation's best metric and of the best-model saver's record.
+
+    Put it in the resume checkpoint's ``save_dict`` and in the ``CheckpointLoader``'s ``load_dict``: a
+    resumed run then keeps comparing against the best metric reached before the interruption.
+    """
+
+    def __init__(self, evaluator: Any, saver: CheckpointSaver | None = None) -> None:
+        self.evaluator = evaluator
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "best_metric": float(getattr(self.evaluator.state, "best_metric", -1.0)),
+            "best_metric_epoch": int(getattr(self.evaluator.state, "best_metric_epoch", -1)),
+        }
+        tracker = getattr(self.saver, "_key_metric_checkpoint", None)
+        if tracker is not None:
+            state["saver"] = tracker.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.evaluator.state.best_metric = state.get("best_metric", -1.0)
+        self.evaluator.state.best_metric_epoch = state.get("best_metric_epoch", -1)
+        if self.saver is not None and "saver" in state:
+            self.saver.load_state_dict(state["saver"])
+        logger.info("resumed best metric %.4f (epoch %s)", state.get("best_metric", -1.0), state.get("best_metric_epoch"))
+
+
+class TrainerState:
+    """Stands in for the trainer inside checkpoint dicts (a config cannot reference the trainer from its own
+    handlers without a cycle). List it in the trainer's handlers before the savers and loaders."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+
+    def attach(self, engine: Any) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.engine.load_state_dict(state)
+
+
+def latest_checkpoint(ckpt_dir: str, resume: bool = True, pattern: str = "checkpoint_epoch=*.pt") -> str | None:
+    """Path of the highest-epoch resume checkpoint in ``ckpt_dir`` (None when ``resume`` is False).
+
+    With ``resume`` and no checkpoint there, raise a clear error rather than silently start afresh.
+    """
+    if not resume:
+        return None
+    files = glob.glob(os.path.join(ckpt_dir, pattern))
+    if not files:
+        raise BundleInputError(
+            f"--resume: no checkpoint matching '{pattern}' in '{ckpt_dir}'; run without --resume to start training"
+        )
+    return max(files, key=lambda f: int(re.findall(r"(\d+)", os.path.basename(f))[-1]))
+
+
+def log_parameters(network: Any) -> Any:
+    """Log the network's trainable parameter count per component; return the network (config chaining)."""
+    module = getattr(network, "module", network)  # DDP
+    if hasattr(module, "parameter_report"):
+        report = module.parameter_report()
+        parts = ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in report.items() if k != "total")
+        logger.info("trainable parameters: %.3fM (%s)", report["total"] / 1e6, parts)
+        print(f"trainable parameters: {report['total'] / 1e6:.3f}M ({parts})", flush=True)
+    return network
+
+
+def print_evaluation(evaluator: Any, output_dir: str, split: str, items: Any = None) -> dict[str, Any]:
+    """Print and save (``<output_dir>/evaluation_<split>.json``) the labelled evaluation summary.
+
+    Per-image Dice / IoU (each image scored on its own, then averaged: the LCPDN / TextDiff / LViT
+    protocol) and dataset-global Dice / IoU (all pixels pooled into one score, as some papers report)
+    are reported separately. Images whose ground truth is empty have no per-image score (NaN, skipped
+    in the means). ``items`` (the evaluated datalist, in loader order) names the per-image rows.
+    """
+    state = evaluator.state
+    details = getattr(state, "metric_details", {}) or {}
+    columns = {k: torch.as_tensor(details[f"per_image_{k}"]).flatten().tolist() for k in ("dice", "iou") if f"per_image_{k}" in details}
+    n = max((len(v) for v in columns.values()), default=0)
+    names = [str(item.get("image", i)) if isinstance(item, dict) else str(i) for i, item in enumerate(items or [])]
+    per_image = [{"image": names[i] if i < len(names) else i, **{k: v[i] for k, v in columns.items()}} for i in range(n)]
+    metrics = {k: float(v) for k, v in state.metrics.items()}
+    summary = {
+        "split": split,
+        "images": n,
+        "per_image_mean_dice": metrics.get("per_image_dice"),
+        "per_image_mean_iou": metrics.get("per_image_iou"),
+        "global_dice": metrics.get("global_dice"),
+        "global_iou": metrics.get("global_iou"),
+        "per_image": per_image,
+    }
+    path = os.path.join(output_dir, f"evaluation_{split}.json")
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    lines = [f"evaluation on '{split}': {n} images"]
+    for key in ("per_image_mean_dice", "per_image_mean_iou", "global_dice", "global_iou"):
+        if summary[key] is not None:
+            lines.append(f"  {key:<20} {100 * summary[key]:6.2f} %")
+    lines.append(f"  written: {path} and per-image CSV files in {output_dir}")
+    print("\n".join(lines), flush=True)
+    return summary
