@@ -1,0 +1,107 @@
+"""The assembled network: interface, default text, ablation switches, gradients, parameter report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bundle.errors import BundleInputError
+from bundle.networks import LCPDN, MonaiDiffusionBackbone, TextEncoder, build_image_encoder
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_encoders):
+    return TextEncoder(str(tiny_encoders["bert"]), max_tokens=16), build_image_encoder("hf_clip", str(tiny_encoders["hf_clip"]))
+
+
+def build(encoders, cprfl=True, fusion="ltfr", **kwargs):
+    torch.manual_seed(0)
+    backbone = MonaiDiffusionBackbone(3, (8, 16), (False, True), 1, cross_attention_dim=16 if cprfl else None,
+                                      num_head_channels=8, norm_num_groups=8)
+    net = LCPDN(backbone, encoders[0], encoders[1] if cprfl else None, blocks=(0, 2), cprfl=cprfl, fusion=fusion,
+                fusion_dim=8, textdiff_width=16, **kwargs)
+    for p in net.extractor.parameters():  # like a pretrained backbone (DDPM zero-inits residual branches)
+        p.data.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+X = torch.rand(2, 3, 32, 32) * 2 - 1
+TEXT = ["the nuclei are evenly distributed.", "the nuclei density in the upper right is high."]
+
+
+@pytest.mark.parametrize("cprfl,fusion", [(True, "ltfr"), (False, "ltfr"), (True, "cross_attention"), (False, "textdiff")])
+def test_forward_backward_shapes(encoders, cprfl, fusion):
+    net = build(encoders, cprfl, fusion)
+    logits = net(X, TEXT)
+    assert logits.shape == (2, 2, 32, 32)
+    logits.sum().backward()
+
+
+def test_ablation_switches_remove_modules(encoders):
+    full, no_cprfl = build(encoders), build(encoders, cprfl=False)
+    assert full.alignment is not None and full.image_encoder is not None and full.extractor.backbone.unet.with_conditioning
+    assert no_cprfl.alignment is None and no_cprfl.image_encoder is None
+    assert not no_cprfl.extractor.backbone.unet.with_conditioning  # no cross-attention either
+    assert not any("alignment" in k for k in no_cprfl.state_dict())
+    ltfr_off = build(encoders, fusion="cross_attention")
+    assert not any(type(m).__name__ == "LTFR" for m in ltfr_off.modules())
+    assert any(type(m).__name__ == "CrossAttentionFusion" for m in ltfr_off.modules())
+    textdiff = build(encoders, cprfl=False, fusion="textdiff")
+    assert textdiff.fusion is None and type(textdiff.classifier).__name__ == "TextDiffHead"
+
+
+def test_gradients_reach_the_prompt_projections(encoders):
+    net = build(encoders)
+    net(X, TEXT).sum().backward()
+    for name in ("w_q", "w_k", "w_v", "w_t"):
+        grad = getattr(net.alignment, name).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_prompt_changes_the_backbone_features(encoders):
+    net = build(encoders).eval()
+    feats = {}
+    net.extractor.register_forward_hook(lambda m, i, o: feats.update({len(feats): o[0].detach()}))
+    with torch.no_grad():
+        net(X[:1], ["the nuclei are evenly distributed."])
+        net(X[:1], ["lesion in the upper left lung."])
+    assert not torch.allclose(feats[0], feats[1])
+
+
+def test_text_inputs_default_single_and_pre_encoded(encoders):
+    net = build(encoders, modality="he").eval()
+    with torch.no_grad():
+        default = net(X, None)
+        explicit = net(X, [net.default_text] * 2)
+        single = net(X, net.default_text)
+        tokens = net.encode_text(None, 2, X.device)
+        pre = net(X, tokens)
+    assert torch.allclose(default, explicit) and torch.allclose(default, single) and torch.allclose(default, pre)
+    with pytest.raises(ValueError, match="3 sentences for 2 images"):
+        net(X, TEXT + ["x"])
+
+
+def test_frozen_encoders_stay_out_of_the_state_dict_and_trainable_count(encoders):
+    net = build(encoders)
+    assert not any(k.startswith(("text_encoder", "image_encoder")) for k in net.state_dict())
+    report = net.parameter_report()
+    assert report["total"] == sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert report["total"] == sum(v for k, v in report.items() if k != "total")
+
+
+def test_frozen_backbone_is_not_counted(encoders):
+    net = build(encoders, backbone_trainable=False)
+    assert net.parameter_report()["backbone"] == 0
+
+
+def test_bad_configurations_are_clear(encoders):
+    backbone = MonaiDiffusionBackbone(3, (8, 16), (False, True), 1, cross_attention_dim=None, norm_num_groups=8, num_head_channels=8)
+    with pytest.raises(BundleInputError, match="cross_attention_dim"):
+        LCPDN(backbone, encoders[0], encoders[1], blocks=(0,), cprfl=True)
+    with pytest.raises(BundleInputError, match="fusion"):
+        LCPDN(backbone, encoders[0], None, blocks=(0,), cprfl=False, fusion="concat")
+    with pytest.raises(BundleInputError, match="modality"):
+        LCPDN(backbone, encoders[0], None, blocks=(0,), cprfl=False, modality="mri")
+    net = build(encoders)
+    with pytest.raises(BundleInputError, match="multiple of"):
+        net(torch.zeros(1, 3, 31, 31))
