@@ -24,6 +24,8 @@ __all__ = [
     "check_modality",
     "check_text",
     "load_datalist",
+    "unlabelled_items",
+    "folder_items",
     "write_datalist",
 ]
 
@@ -160,3 +162,30 @@ def write_datalist(path: str, datalist: Mapping[str, Any], relative: bool = True
             json.dump(data, f, indent=2)
             f.write("\n")
     return path
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def unlabelled_items(datalist: str, splits: Sequence[str], modality: str | None = None) -> list[dict[str, Any]]:
+    """Images of every listed split that the datalist has, labels dropped (diffusion pretraining data)."""
+    if not os.path.isfile(datalist):
+        raise BundleInputError(f"datalist '{datalist}' does not exist (option datalist)")
+    with open(datalist, encoding="utf-8") as f:
+        keys = set(json.load(f))
+    present = [s for s in splits if s in keys]
+    if not present:
+        raise BundleInputError(f"datalist '{datalist}' has none of the splits {list(splits)}")
+    items = [item for split in present for item in load_datalist(datalist, split, modality)]
+    return [{k: v for k, v in item.items() if k != "label"} for item in items]
+
+
+def folder_items(folder: str, modality: str) -> list[dict[str, Any]]:
+    """One unlabelled item per image file in ``folder`` (not recursive), sorted by name."""
+    if not os.path.isdir(folder):
+        raise BundleInputError(f"image folder '{folder}' does not exist (option image_folder)")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise BundleInputError(f"image folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    check_modality(modality, "option modality")
+    return [{"image": os.path.join(folder, f), "modality": modality, "text": DEFAULT_TEXT[modality]} for f in files]

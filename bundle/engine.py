@@ -33,10 +33,11 @@ __all__ = [
     "AtomicCheckpointSaver",
     "CheckedCheckpointLoader",
     "BestMetricState",
-    "TrainerState",
+    "ResumeCheckpointLoader",
     "latest_checkpoint",
     "log_parameters",
     "print_evaluation",
+    "rank_handlers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,13 +92,42 @@ class _AtomicSave(BaseSaveHandler):
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
-    """:class:`monai.handlers.CheckpointSaver` whose writes are atomic (same arguments)."""
+    """:class:`monai.handlers.CheckpointSaver` whose writes are atomic.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Args:
+        engine_key: also save the engine it is attached to under this key (e.g. ``"trainer"`` for epoch
+            and iteration counters; a config cannot reference the trainer from its own handlers).
+        args, kwargs: ``CheckpointSaver`` arguments.
+    """
+
+    def __init__(self, *args: Any, engine_key: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.engine_key = engine_key
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 ckpt.save_handler = _AtomicSave(ckpt.save_handler)
+
+    def attach(self, engine: Any) -> None:
+        if self.engine_key:
+            self.save_dict[self.engine_key] = engine  # the ignite Checkpoints share this dict
+        super().attach(engine)
+
+
+class ResumeCheckpointLoader(CheckpointLoader):
+    """:class:`monai.handlers.CheckpointLoader` that also restores the engine it is attached to.
+
+    Args:
+        engine_key: key of the engine's state in the checkpoint (see ``AtomicCheckpointSaver``).
+        args, kwargs: ``CheckpointLoader`` arguments.
+    """
+
+    def __init__(self, *args: Any, engine_key: str = "trainer", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine_key = engine_key
+
+    def attach(self, engine: Any) -> None:
+        self.load_dict[self.engine_key] = engine
+        super().attach(engine)
 
 
 class CheckedCheckpointLoader(CheckpointLoader):
@@ -151,23 +181,6 @@ class BestMetricState:
         logger.info("resumed best metric %.4f (epoch %s)", state.get("best_metric", -1.0), state.get("best_metric_epoch"))
 
 
-class TrainerState:
-    """Stands in for the trainer inside checkpoint dicts (a config cannot reference the trainer from its own
-    handlers without a cycle). List it in the trainer's handlers before the savers and loaders."""
-
-    def __init__(self) -> None:
-        self.engine: Any = None
-
-    def attach(self, engine: Any) -> None:
-        self.engine = engine
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.engine.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.engine.load_state_dict(state)
-
-
 def latest_checkpoint(ckpt_dir: str, resume: bool = True, pattern: str = "checkpoint_epoch=*.pt") -> str | None:
     """Path of the highest-epoch resume checkpoint in ``ckpt_dir`` (None when ``resume`` is False).
 
@@ -181,6 +194,20 @@ def latest_checkpoint(ckpt_dir: str, resume: bool = True, pattern: str = "checkp
             f"--resume: no checkpoint matching '{pattern}' in '{ckpt_dir}'; run without --resume to start training"
         )
     return max(files, key=lambda f: int(re.findall(r"(\d+)", os.path.basename(f))[-1]))
+
+
+def rank_handlers(handlers: Any) -> list:
+    """Handlers for this distributed rank: rank 0 keeps all; other ranks drop those that log or write files
+    (they still run the LR schedule, validation and resume loading, which every rank must do)."""
+    import torch.distributed as dist
+
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler, MetricsSaver
+
+    handlers = list(handlers or [])
+    if not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0:
+        return handlers
+    writers = (StatsHandler, TensorBoardStatsHandler, MetricsSaver, CheckpointSaver, _IgniteProgressBar)
+    return [h for h in handlers if not isinstance(h, writers)]
 
 
 def log_parameters(network: Any) -> Any:

