@@ -61,15 +61,21 @@ class Ensure2Dd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
+            kept = list(range(img.ndim - 1))  # spatial axes still present
             while img.ndim > 3 and img.shape[-1] == 1:
-                img = img[..., 0]
+                img, kept = img[..., 0], kept[:-1]
             while img.ndim > 3 and img.shape[1] == 1:
-                img = img[:, 0]
+                img, kept = img[:, 0], kept[1:]
             if img.ndim != 3:
                 raise BundleInputError(
                     f"{key} '{_name(d[key])}' is a {img.ndim - 1}D volume of shape {tuple(img.shape[1:])}; this "
                     "bundle segments 2D images: cut it into slices with scripts/slice_ct.py"
                 )
+            if isinstance(img, MetaTensor) and img.affine.shape[-1] != 3:
+                # readers disagree on 2D affines (PIL 4x4, tifffile 3x3): keep the in-plane part, 3x3, so
+                # items from different formats collate into one batch
+                rows = [*kept, img.affine.shape[-1] - 1]
+                img.affine = img.affine[rows][:, rows]
             d[key] = img
         return d
 

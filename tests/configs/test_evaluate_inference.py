@@ -1,0 +1,110 @@
+"""configs/evaluate.json (override layer) and configs/inference.json (standalone) on a trained tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from bundle_cli import EVALUATE, INFERENCE, METADATA, TRAIN, run_bundle
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_network_options, tiny_datalist):
+    """One tiny model trained for 2 epochs, shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("trained")
+    options = {**tiny_network_options, "datalist": str(tiny_datalist), "ckpt_dir": str(out / "models"),
+               "log_dir": str(out / "runs"), "output_dir": str(out / "eval"), "epochs": 2, "batch_size": 2}
+    wf = ConfigWorkflow(config_file=TRAIN, meta_file=METADATA, workflow_type="train", **options)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return options
+
+
+def test_evaluate_writes_labelled_per_image_and_global_metrics(trained, tmp_path):
+    options = {**trained, "output_dir": str(tmp_path / "eval"), "split": "testing"}
+    result = run_bundle("evaluating", [TRAIN, EVALUATE], options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval" / "evaluation_testing.json").read_text())
+    assert summary["split"] == "testing" and summary["images"] == 1
+    for key in ("per_image_mean_dice", "per_image_mean_iou", "global_dice", "global_iou"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["per_image"][0]["image"].endswith(".tif")  # the test split's TIFF image, by name
+    assert (tmp_path / "eval" / "per_image_dice_raw.csv").is_file()
+    assert "per_image_mean_dice" in result.stdout and "global_dice" in result.stdout
+
+
+def test_evaluate_is_an_override_layer_not_a_copy():
+    with open(EVALUATE) as f:
+        keys = set(json.load(f))
+    assert "network_def" not in keys and "train" not in keys and len(keys) < 12
+
+
+def inference_options(trained, tmp_path, **extra):
+    keys = ("text_encoder_path", "image_encoder_kind", "image_encoder_path", "backbone_channels",
+            "backbone_attention_levels", "backbone_res_blocks", "backbone_head_channels", "backbone_norm_groups",
+            "blocks", "prompt_dim", "fusion_dim", "image_size", "datalist")
+    return {**{k: trained[k] for k in keys}, "model_path": os.path.join(trained["ckpt_dir"], "model.pt"),
+            "output_dir": str(tmp_path / "pred"), **extra}
+
+
+def test_inference_on_a_single_png_with_text_and_overlay(trained, tmp_path, data_dir):
+    src = tmp_path / "in" / "tile.png"
+    src.parent.mkdir()
+    shutil.copy(next((data_dir / "lvit_tiny" / "Val_Folder" / "img").iterdir()), src)
+    before = src.read_bytes()
+    options = inference_options(trained, tmp_path, image=str(src), text="the nuclei are sparsely distributed.", overlay=True)
+    result = run_bundle("inference", [INFERENCE], options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mask = np.array(Image.open(tmp_path / "pred" / "tile_seg.png"))
+    picture = np.array(Image.open(tmp_path / "pred" / "tile_overlay.png"))
+    original = np.array(Image.open(src))
+    assert mask.shape == original.shape[:2] and set(np.unique(mask)) <= {0, 255}  # back at the input's size
+    assert picture.shape == original.shape[:2] + (3,)
+    assert src.read_bytes() == before and sorted(os.listdir(src.parent)) == ["tile.png"]  # inputs untouched
+
+
+def test_inference_on_dicom_writes_nifti(trained, tmp_path, data_dir):
+    options = inference_options(trained, tmp_path, image=str(data_dir / "cxr_monochrome1.dcm"))
+    result = run_bundle("inference", [INFERENCE, str(data_dir.parents[1] / "configs" / "modality" / "cxr.json")], options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "pred" / "cxr_monochrome1_seg.nii.gz").is_file()
+
+
+def test_inference_over_a_datalist_split(trained, tmp_path):
+    result = run_bundle("inference", [INFERENCE], inference_options(trained, tmp_path, split="testing"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len([f for f in os.listdir(tmp_path / "pred") if f.endswith("_seg.png")]) == 1
+
+
+def test_inference_workflow_properties(trained, tmp_path):
+    wf = ConfigWorkflow(config_file=INFERENCE, meta_file=METADATA, workflow_type="infer",
+                        **inference_options(trained, tmp_path, split="testing"))
+    wf.initialize()
+    assert wf.check_properties() in (None, [])
+
+
+def test_missing_model_is_a_clear_error(trained, tmp_path):
+    options = inference_options(trained, tmp_path, split="testing", model_path=str(tmp_path / "none.pt"))
+    result = run_bundle("inference", [INFERENCE], options)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "does not exist (option model_path)" in result.stderr
+
+
+def test_network_options_of_train_and_inference_agree():
+    """inference.json must stand alone (MONAI Label reads only it): its network keys mirror train.json's."""
+    with open(TRAIN) as f:
+        train = json.load(f)
+    with open(INFERENCE) as f:
+        infer = json.load(f)
+    shared = ["text_encoder", "image_encoder", "backbone", "network_def", "intensity", "modality", "image_size"]
+    shared += [k for k in train if k.startswith(("backbone_", "text_", "image_encoder_")) or k in (
+        "cprfl", "fusion", "timesteps", "blocks", "prompt_dim", "fusion_dim", "noise_seed", "default_text")]
+    for key in shared:
+        assert infer[key] == train[key], key
