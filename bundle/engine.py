@@ -37,6 +37,7 @@ __all__ = [
     "latest_checkpoint",
     "log_parameters",
     "print_evaluation",
+    "print_training_summary",
     "rank_handlers",
 ]
 
@@ -211,14 +212,29 @@ def rank_handlers(handlers: Any) -> list:
 
 
 def log_parameters(network: Any) -> Any:
-    """Log the network's trainable parameter count per component; return the network (config chaining)."""
+    """Log the network's trainable parameter count (per component for LCPDN); return the network."""
     module = getattr(network, "module", network)  # DDP
     if hasattr(module, "parameter_report"):
         report = module.parameter_report()
-        parts = ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in report.items() if k != "total")
-        logger.info("trainable parameters: %.3fM (%s)", report["total"] / 1e6, parts)
-        print(f"trainable parameters: {report['total'] / 1e6:.3f}M ({parts})", flush=True)
+        parts = " (" + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in report.items() if k != "total") + ")"
+        total = report["total"]
+    else:
+        parts, total = "", sum(p.numel() for p in module.parameters() if p.requires_grad)
+    message = f"trainable parameters: {total / 1e6:.3f}M{parts}"
+    logger.info(message)
     return network
+
+
+def print_training_summary(evaluator: Any, ckpt_dir: str) -> None:
+    """One closing line: the best validation Dice, its epoch, the last epoch's metrics and where the model is."""
+    state = evaluator.state
+    last = ", ".join(f"{k} {v:.4f}" for k, v in (state.metrics or {}).items())
+    print(
+        f"training done: best validation mean Dice {getattr(state, 'best_metric', float('nan')):.4f} at epoch "
+        f"{getattr(state, 'best_metric_epoch', '?')} (last validation: {last or 'none'}); best model: "
+        f"{os.path.join(ckpt_dir, 'model.pt')}",
+        flush=True,
+    )
 
 
 def print_evaluation(evaluator: Any, output_dir: str, split: str, items: Any = None) -> dict[str, Any]:

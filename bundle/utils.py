@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -84,26 +84,31 @@ def flatten(items: Any) -> list:
     return out
 
 
-def read_checkpoint(path: Any, option: str) -> dict:
+def read_checkpoint(path: Any, option: str, what: str = "checkpoint") -> dict:
     """``torch.load`` a local checkpoint (weights only) with errors that name the option.
 
-    A dict holding the weights under ``"state_dict"`` or ``"model"`` is unwrapped.
+    A dict holding the weights under ``"state_dict"`` or ``"model"`` is unwrapped and a ``"module."``
+    prefix (DataParallel / DDP) is stripped.
     """
-    if not isinstance(path, str) or not os.path.isfile(path):
-        raise BundleInputError(f"checkpoint '{path}' does not exist (option {option})")
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        raise BundleInputError(f"{what} '{path}' does not exist (option {option})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated / not a torch file
-        raise BundleInputError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e}) (option {option})") from e
+    except Exception as e:  # truncated / not a torch file / pickled objects
+        raise BundleInputError(f"{what} '{path}' cannot be read ({type(e).__name__}: {e}) (option {option})") from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise BundleInputError(f"checkpoint '{path}' holds no state dict (option {option})")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise BundleInputError(f"{what} '{path}' does not hold a state dict of tensors (option {option})")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
-def check_state_dict(expected: dict, state: dict, source: str, hint: str, allow_missing: tuple[str, ...] = ()) -> None:
+def check_state_dict(
+    expected: dict, state: dict, source: str, hint: str, optional: Iterable[str] = (), what: str = "checkpoint"
+) -> None:
     """Raise one clear error naming the first missing / unexpected / mis-shaped key of ``state``.
 
     Args:
@@ -111,21 +116,25 @@ def check_state_dict(expected: dict, state: dict, source: str, hint: str, allow_
         state: the loaded weights.
         source: where they came from (file name), for the message.
         hint: what the user should check.
-        allow_missing: key prefixes that may be absent from ``state`` (modules added on top).
+        optional: keys that may be absent from ``state`` (modules added on top of a published layout).
+        what: how to call the file in the message.
     """
-    missing = [k for k in expected if k not in state and not k.startswith(tuple(allow_missing))]
+    optional = set(optional)
+    missing = [k for k in expected if k not in state and k not in optional]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if not (missing or unexpected or wrong):
         return
     if missing:
         first = f"missing key '{missing[0]}'"
+        if unexpected:  # most likely the same tensor under another name
+            first += f" (checkpoint has unexpected key '{unexpected[0]}')"
     elif unexpected:
         first = f"unexpected key '{unexpected[0]}'"
     else:
         k = wrong[0]
         first = f"key '{k}' has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
     raise BundleInputError(
-        f"'{source}' does not match the configured network: {first} ({len(missing)} missing, "
+        f"{what} '{source}' does not match the configured network: {first} ({len(missing)} missing, "
         f"{len(unexpected)} unexpected, {len(wrong)} wrong shape). {hint}"
     )

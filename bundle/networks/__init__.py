@@ -1,5 +1,6 @@
 """LCPDN network modules, one per concept of the paper (section 3)."""
 
+from .adm import ADMUNet, load_adm_checkpoint
 from .alignment_prompt import AlignmentPrompt, masked_mean
 from .backbone import DecoderFeatureBackbone, DiffusionFeatureExtractor, MonaiDiffusionBackbone, load_backbone_weights
 from .cross_attention_fusion import CrossAttentionFusion
@@ -11,6 +12,7 @@ from .text_encoder import TextEncoder, clear_text_cache, default_text_encoder_pa
 from .textdiff_head import TextDiffHead
 
 __all__ = [
+    "ADMUNet",
     "AlignmentPrompt",
     "CrossAttentionFusion",
     "DecoderFeatureBackbone",
@@ -27,6 +29,7 @@ __all__ = [
     "build_image_encoder",
     "clear_text_cache",
     "default_text_encoder_path",
+    "load_adm_checkpoint",
     "load_backbone_weights",
     "masked_mean",
     "tile_text",

@@ -543,51 +543,18 @@ class ADMUNet(nn.Module):
 def load_adm_checkpoint(module: nn.Module, path: str | os.PathLike | None) -> nn.Module:
     """Load a guided-diffusion checkpoint (e.g. ``256x256_diffusion_uncond.pt``) from a local file.
 
-    Keys and shapes must match ``module`` exactly, except the keys listed by
-    ``module.checkpoint_optional_keys()`` (the added cross-attention), which may be missing and then keep
-    their initial (zero-output) values. Accepts a bare ``state_dict`` or one stored under
-    ``"state_dict"``/``"model"``; a ``"module."`` prefix (DataParallel) is stripped. Every problem raises
-    :class:`~bundle.errors.BundleInputError` with a one-line message naming the first bad key.
+    Keys and shapes must match ``module`` exactly, except ``module.checkpoint_optional_keys()`` (the
+    added cross-attention), which may be missing and keep their zero-output initial values. Every
+    problem raises :class:`~bundle.errors.BundleInputError` with one line naming the first bad key.
     """
-    if path is None or str(path) == "":
-        return module
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BundleInputError(
-            f"ADM checkpoint '{path}' does not exist (or is not a file): download 256x256_diffusion_uncond.pt from "
-            "openai/guided-diffusion and point the adm checkpoint option at it (see docs/adm.md)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable / truncated / pickled objects
-        raise BundleInputError(f"ADM checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise BundleInputError(f"ADM checkpoint '{path}' does not hold a state_dict of tensors")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    expected = module.state_dict()
-    optional = set(getattr(module, "checkpoint_optional_keys", lambda: [])())
-    missing = [k for k in expected if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        if missing:
-            first = f"missing key '{missing[0]}'"
-            if unexpected:  # most likely the same tensor under another name
-                first += f" (checkpoint has unexpected key '{unexpected[0]}')"
-        elif unexpected:
-            first = f"unexpected key '{unexpected[0]}'"
-        else:
-            k = wrong[0]
-            first = f"key '{k}' has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
-        raise BundleInputError(
-            f"ADM checkpoint '{path}' does not match: {first} "
-            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape). "
-            "Check the ADM settings (model_channels, channel_mult, attention_resolutions, num_head_channels, "
-            "learn_sigma, resblock_updown, num_classes) match the checkpoint."
-        )
-    module.load_state_dict(state, strict=not optional)
-    return module
+    from .backbone import load_backbone_weights
+
+    return load_backbone_weights(
+        module,
+        path,
+        option="backbone_ckpt",
+        what="ADM checkpoint",
+        hint="Download 256x256_diffusion_uncond.pt from openai/guided-diffusion (docs/adm.md) and check the ADM "
+        "settings (model_channels, channel_mult, attention_resolutions, num_head_channels, learn_sigma, "
+        "resblock_updown, num_classes) match it.",
+    )

@@ -14,6 +14,7 @@ label embedding), so ``P = M + TextProj(E)``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -186,27 +187,30 @@ class MonaiDiffusionBackbone(nn.Module):
         return out
 
 
-def load_backbone_weights(module: nn.Module, path: str | None, strict: bool = True) -> nn.Module:
-    """Load a backbone checkpoint from a local file, with an error that names the first bad key.
+def load_backbone_weights(
+    module: nn.Module,
+    path: str | os.PathLike | None,
+    option: str = "backbone_ckpt",
+    what: str = "backbone checkpoint",
+    hint: str = "Check that the backbone options (channels, attention levels, cross_attention_dim / cprfl) match "
+    "the run that wrote this checkpoint.",
+) -> nn.Module:
+    """Load a backbone checkpoint from a local file; any mismatch is one error naming the first bad key.
 
     For :class:`MonaiDiffusionBackbone`, a plain ``DiffusionModelUNet`` state dict (what
-    ``configs/pretrain_diffusion.json`` writes) is loaded into ``module.unet``.
+    ``configs/pretrain_diffusion.json`` writes) is loaded into ``module.unet``. Keys listed by the
+    module's ``checkpoint_optional_keys()`` (layers added on top of a published layout, e.g. ADM's
+    cross-attention) may be missing and keep their initial values.
     """
-    if not path:
+    if path is None or str(path) == "":
         return module
-    state = read_checkpoint(path, "backbone_ckpt")
+    state = read_checkpoint(path, option, what)
     target = module
     if isinstance(module, MonaiDiffusionBackbone) and not any(k.startswith("unet.") for k in state):
         target = module.unet
-    if strict:
-        check_state_dict(
-            target.state_dict(),
-            state,
-            path,
-            "Check that the backbone options (channels, attention levels, cross_attention_dim / cprfl) "
-            "match the run that wrote this checkpoint (option backbone_ckpt).",
-        )
-    target.load_state_dict(state, strict=strict)
+    optional = list(getattr(target, "checkpoint_optional_keys", lambda: [])())
+    check_state_dict(target.state_dict(), state, os.fspath(path), hint, optional, what)
+    target.load_state_dict(state, strict=not optional)
     return module
 
 
@@ -227,6 +231,8 @@ class DiffusionFeatureExtractor(nn.Module):
         noise_seed: seed of the shared noise eps.
         trainable: False freezes the backbone (no gradients to its weights, eval mode).
         checkpoint: optional local backbone checkpoint loaded at construction.
+        batch_timesteps: run all timesteps as one batch (False: one after another, as the research code).
+        stop_early: stop after the last hooked block (False: run the whole decoder, as the research code).
     """
 
     def __init__(
@@ -241,6 +247,8 @@ class DiffusionFeatureExtractor(nn.Module):
         noise_seed: int = 0,
         trainable: bool = True,
         checkpoint: str | None = None,
+        batch_timesteps: bool = True,
+        stop_early: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, DecoderFeatureBackbone):
@@ -258,6 +266,9 @@ class DiffusionFeatureExtractor(nn.Module):
             num_train_timesteps=num_train_timesteps, schedule=schedule, beta_start=beta_start, beta_end=beta_end
         )
         self.noise_seed = int(noise_seed)
+        self.batch_timesteps = bool(batch_timesteps)
+        self.stop_early = bool(stop_early)
+        self._n_blocks = n_blocks
         self._noise: dict[tuple, torch.Tensor] = {}
         self.trainable = bool(trainable)
         if not self.trainable:
@@ -292,30 +303,37 @@ class DiffusionFeatureExtractor(nn.Module):
             self._noise[key] = torch.randn(tuple(shape), generator=gen).to(device=device, dtype=dtype)
         return self._noise[key]
 
-    def add_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_noise(self, x0: torch.Tensor, timesteps: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x0 (B, C, H, W) -> x_t (T*B, C, H, W), timestep-major, and the matching timesteps (T*B,)."""
+        steps = list(self.timesteps if timesteps is None else timesteps)
         b = x0.shape[0]
-        t = torch.tensor(self.timesteps, device=x0.device, dtype=torch.long).repeat_interleave(b)
+        t = torch.tensor(steps, device=x0.device, dtype=torch.long).repeat_interleave(b)
         eps = self.shared_noise(x0.shape[1:], x0.device, x0.dtype).expand(len(t), *x0.shape[1:])
-        x_t = self.scheduler.add_noise(x0.repeat(len(self.timesteps), 1, 1, 1), eps, t)
+        x_t = self.scheduler.add_noise(x0.repeat(len(steps), 1, 1, 1), eps, t)
         return x_t, t
 
     def forward(
         self, x0: torch.Tensor, emb_offset: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """x0 (B, C, H, W) in [-1, 1] -> one (B, C_b * T, H_b, W_b) map per hooked block."""
-        b, n_t = x0.shape[0], len(self.timesteps)
-        x_t, t = self.add_noise(x0)
-        if emb_offset is not None:
-            emb_offset = emb_offset.repeat(n_t, 1)  # (T*B, d)
-        if context is not None:
-            context = context.repeat(n_t, 1, 1)  # (T*B, N, Dc)
         needs_grad = torch.is_grad_enabled() and (
             self.trainable
             or (emb_offset is not None and emb_offset.requires_grad)
             or (context is not None and context.requires_grad)
         )
+        blocks = self.blocks if self.stop_early else [*self.blocks, self._n_blocks - 1]
+        chunks = []  # per timestep group: list of (n_t*B, C, h, w) maps
         with torch.set_grad_enabled(needs_grad):
-            feats = self.backbone.decoder_features(x_t, t, self.blocks, emb_offset=emb_offset, context=context)
-        # (T*B, C, h, w) -> (B, T*C, h, w), timestep-major channels
-        return [f.reshape(n_t, b, *f.shape[1:]).transpose(0, 1).reshape(b, n_t * f.shape[1], *f.shape[2:]) for f in feats]
+            for group in ([self.timesteps] if self.batch_timesteps else [[t] for t in self.timesteps]):
+                x_t, t = self.add_noise(x0, group)
+                offset = emb_offset.repeat(len(group), 1) if emb_offset is not None else None  # (T*B, d)
+                ctx = context.repeat(len(group), 1, 1) if context is not None else None  # (T*B, N, Dc)
+                chunks.append(self.backbone.decoder_features(x_t, t, blocks, emb_offset=offset, context=ctx)[: len(self.blocks)])
+        b = x0.shape[0]
+        out = []
+        for i in range(len(self.blocks)):
+            f = torch.cat([c[i] for c in chunks], dim=0) if len(chunks) > 1 else chunks[0][i]
+            t_all = len(self.timesteps)
+            # (T*B, C, h, w) -> (B, T*C, h, w), timestep-major channels
+            out.append(f.reshape(t_all, b, *f.shape[1:]).transpose(1, 0).reshape(b, t_all * f.shape[1], *f.shape[2:]))
+        return out

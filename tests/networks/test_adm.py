@@ -123,7 +123,7 @@ def test_full_mismatched_checkpoint_names_key(full_meta: ADMUNet, tmp_path: Path
               "reshape": "wrong shape"}[kind]
     assert expect in msg
     if kind != "reshape":  # the missing key is named first
-        assert msg.startswith(f"ADM checkpoint '{path}' does not match: missing key '{key}'")
+        assert msg.startswith(f"ADM checkpoint '{path}' does not match the configured network: missing key '{key}'")
 
 
 def test_checkpoint_file_errors(small: ADMUNet, tmp_path: Path) -> None:

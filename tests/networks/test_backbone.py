@@ -120,3 +120,13 @@ def test_modules_after_the_last_block_are_not_trainable():
     sum(f.sum() for f in fe(x, context=torch.randn(1, 2, 16))).backward()
     trainable = [p for p in fe.parameters() if p.requires_grad]
     assert all(p.grad is not None for p in trainable)  # every trainable parameter is used (DDP-safe)
+
+
+def test_research_pipeline_switches_give_the_same_features():
+    """Sequential timesteps and the full decoder (the research code's way) change cost, not results."""
+    bb = tiny_backbone()
+    fast = DiffusionFeatureExtractor(bb, timesteps=(50, 150, 250), blocks=(0, 2))
+    slow = DiffusionFeatureExtractor(bb, timesteps=(50, 150, 250), blocks=(0, 2), batch_timesteps=False, stop_early=False)
+    x, ctx = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16)
+    for a, b in zip(fast(x, context=ctx), slow(x, context=ctx)):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -1,0 +1,79 @@
+"""Override layers build what they promise: modality presets, ablations, the UNet baseline, ADM presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.errors import find_input_error
+from bundle_cli import ROOT, TRAIN
+
+CONFIGS = ROOT / "configs"
+
+
+def parse(*layers, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([TRAIN, *[str(CONFIGS / layer) for layer in layers]])
+    parser.update(overrides)
+    return parser
+
+
+@pytest.mark.parametrize("preset,modality", [("he", "he"), ("cxr", "cxr"), ("ct", "ct")])
+def test_modality_presets_set_modality_and_intensity(preset, modality):
+    parser = parse(f"modality/{preset}.json")
+    assert parser["modality"] == modality
+    transforms = parser.get_parsed_content("intensity")
+    names = [type(t).__name__ for t in transforms]
+    expected = {"he": ["ScaleIntensityRanged"], "cxr": ["InvertMonochrome1d", "ScaleIntensityRangePercentilesd"],
+                "ct": ["ScaleIntensityRanged"]}[preset]
+    assert names == expected
+    if preset == "ct":
+        assert (transforms[0].scaler.a_min, transforms[0].scaler.a_max) == (-1000, 400)
+
+
+def test_ct_preset_windows_hounsfield_units(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    hu = np.repeat(np.array([-1200, -1000, -300, 400, 1000], dtype=np.int16)[:, None], 8, axis=1)  # (5, 8)
+    hu = np.tile(hu, (2, 1))[:8]  # (8, 8)
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), str(tmp_path / "slice.nii.gz"))
+    nib.save(nib.Nifti1Image((hu > 0).astype(np.uint8), np.eye(4)), str(tmp_path / "mask.nii.gz"))
+    parser = parse("modality/ct.json", image_size=[8, 8])
+    item = parser.get_parsed_content("validate#preprocessing")(
+        {"image": str(tmp_path / "slice.nii.gz"), "label": str(tmp_path / "mask.nii.gz"), "text": "Lesion in the lungs."}
+    )
+    values = {int(h): float(v) for h, v in zip(hu[:5, 0], item["image"][0, :5, 0])}
+    assert values == pytest.approx({-1200: -1.0, -1000: -1.0, -300: 0.0, 400: 1.0, 1000: 1.0}, abs=1e-5)
+    assert item["image"].shape == (3, 8, 8)  # greyscale repeated for the RGB encoders
+
+
+def test_baseline_and_ablation_layers_build(tiny_network_options):
+    unet = parse("baseline/unet.json", unet_features=[8, 8, 16, 16, 16, 8]).get_parsed_content("network_def")
+    assert type(unet).__name__ == "BasicUNet"
+    for layer, check in (("ablation/cprfl_off.json", lambda n: n.alignment is None),
+                         ("ablation/ltfr_off.json", lambda n: n.fusion_kind == "cross_attention"),
+                         ("ablation/textdiff_head.json", lambda n: n.fusion is None and not n.cprfl)):
+        net = parse(layer, **tiny_network_options).get_parsed_content("network_def")
+        assert check(net), layer
+
+
+@pytest.mark.parametrize("preset,blocks", [("monuseg", [6, 8, 12, 16]), ("qata_mosmed", [4, 6, 8, 12])])
+def test_adm_presets_build_a_frozen_adm_with_the_published_blocks(preset, blocks, tiny_network_options):
+    options = {k: v for k, v in tiny_network_options.items() if not k.startswith(("backbone_", "blocks", "prompt_dim"))}
+    parser = parse("adm/adm.json", f"adm/{preset}.json", backbone_ckpt=None, **options)
+    parser["backbone"].update({"model_channels": 32, "num_head_channels": 16})  # same topology, small width
+    net = parser.get_parsed_content("network_def")
+    assert type(net.extractor.backbone).__name__ == "ADMUNet" and net.extractor.blocks == blocks
+    assert net.parameter_report()["backbone"] == 0  # frozen
+    out = net(torch.rand(1, 3, 64, 64) * 2 - 1, ["the nuclei are evenly distributed."])
+    assert out.shape == (1, 2, 64, 64)
+
+
+def test_adm_preset_without_the_checkpoint_is_a_clear_error(tmp_path):
+    parser = parse("adm/adm.json", "adm/monuseg.json", ckpt_dir=str(tmp_path))
+    parser["backbone"].update({"model_channels": 32, "num_head_channels": 16})
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("network_def")
+    assert "256x256_diffusion_uncond.pt' does not exist (option backbone_ckpt)" in find_input_error(info.value)
