@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Union
 
 import torch
+from monai.data import MetaTensor
 from torch import nn
 
 from ..data import DEFAULT_TEXT, check_modality
@@ -147,6 +148,8 @@ class LCPDN(nn.Module):
         h, w = image.shape[-2:]
         if h % self._multiple or w % self._multiple:
             raise BundleInputError(f"image size {h}x{w} must be a multiple of {self._multiple} (option image_size)")
+        if isinstance(image, MetaTensor):  # plain tensors: MetaTensor dispatch costs ~every op of the network
+            image = image.as_tensor()
         tokens, mask = self.encode_text(text, image.shape[0], image.device)  # (B, N, D_t), (B, N)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)

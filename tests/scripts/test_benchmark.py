@@ -1,0 +1,47 @@
+"""scripts/benchmark.py on tiny settings: every table runs end to end and the report renders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts import benchmark
+
+
+@pytest.mark.slow
+def test_accuracy_smoke_runs_the_bundle_configs(tmp_path):
+    out = tmp_path / "accuracy"
+    assert benchmark.main(["accuracy", "--smoke", "--out", str(out), "--variants", "lcpdn", "unet", "--epochs", "1"]) == 0
+    records = benchmark.read_results(out)
+    assert [r["name"] for r in records] == ["lcpdn_seed0", "unet_seed0"]
+    for r in records:
+        assert 0 <= r["metrics"]["per_image_mean_dice"] <= 1 and r["train"]["returncode"] == 0
+        assert "monai.bundle run training" in r["train"]["command"]  # measured through the shipped configs
+        assert len(r["curve"]["val_mean_dice"]) == 1
+    table = benchmark.accuracy_table(records)
+    assert "| lcpdn | 1 |" in table and "| unet | 1 |" in table
+
+
+@pytest.mark.slow
+def test_speed_and_text_encoder_smoke(tmp_path):
+    assert benchmark.main(["speed", "--smoke", "--out", str(tmp_path / "speed"), "--pipelines", "lcpdn",
+                           "textdiff_faithful", "--steps", "1", "--repeats", "1", "--batch", "2"]) == 0
+    records = benchmark.read_results(tmp_path / "speed")
+    assert {r["pipeline"] for r in records} == {"lcpdn", "textdiff_faithful"}
+    assert all(r["train_images_per_s"] > 0 and r["peak_rss_gb"] > 0 for r in records)
+    assert benchmark.main(["text-encoders", "--smoke", "--out", str(tmp_path / "text"), "--batches", "2"]) == 0
+    text = benchmark.read_results(tmp_path / "text")
+    assert {(r["encoder"], r["cache"]) for r in text} == {(e, c) for e in ("bert", "modernbert") for c in (False, True)}
+    assert benchmark.main(["report", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## Speed" in report and "## Text encoders" in report
+
+
+def test_parse_sets_and_curve(tmp_path):
+    assert benchmark.parse_sets(["epochs=3", "blocks=[1, 2]", "fusion=ltfr"]) == {"epochs": 3, "blocks": [1, 2], "fusion": "ltfr"}
+    log = tmp_path / "train.log"
+    log.write_text("x - Epoch[1] Metrics -- val_mean_dice: 0.5000 val_mean_iou: 0.3000\n"
+                   "x - Epoch[1] Metrics -- train_loss_avg: 1.2500 train_mean_dice: 0.4\n")
+    assert benchmark.parse_curve(log) == {"val_mean_dice": [0.5], "val_mean_iou": [0.3], "train_loss_avg": [1.25]}
+    assert json.loads(json.dumps(benchmark.machine()))["cores"] >= 1
