@@ -56,9 +56,10 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "textdiff_head": ([str(CONFIGS / "ablation" / "textdiff_head.json")], {"textdiff_width": 64}),
 }
 
-#: tiny settings for --smoke (the tests' 32 px network)
+#: tiny settings for --smoke runs and the tests (a 32 px network)
 SMOKE_OPTIONS: dict[str, Any] = {
     "backbone_channels": [8, 16],
+    "backbone_res_blocks": 1,
     "backbone_attention_levels": [False, True],
     "backbone_head_channels": 8,
     "backbone_norm_groups": 8,

@@ -89,18 +89,12 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_network_options(tiny_encoders) -> dict:
-    """Command-line overrides that make the bundle configs build a tiny LCPDN (32-64 px, tiny encoders)."""
+    """Command-line overrides that make the bundle configs build a tiny LCPDN (32 px, tiny encoders)."""
+    from scripts.benchmark import SMOKE_OPTIONS
+
     return {
+        **SMOKE_OPTIONS,
         "text_encoder_path": str(tiny_encoders["bert"]),
         "image_encoder_kind": "hf_clip",
         "image_encoder_path": str(tiny_encoders["hf_clip"]),
-        "backbone_channels": [8, 16],
-        "backbone_attention_levels": [False, True],
-        "backbone_res_blocks": 1,
-        "backbone_head_channels": 8,
-        "backbone_norm_groups": 8,
-        "blocks": [0, 2],
-        "prompt_dim": 16,
-        "fusion_dim": 8,
-        "image_size": [32, 32],
     }

@@ -297,10 +297,14 @@ class DiffusionFeatureExtractor(nn.Module):
 
     def shared_noise(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The one seeded eps of shape (C, H, W), identical on every call."""
-        key = (tuple(shape), str(device), dtype)
+        shape = tuple(int(s) for s in shape)  # plain ints: under torch.jit.trace sizes are tensors
+        key = (shape, str(device), dtype)
         if key not in self._noise:
             gen = torch.Generator().manual_seed(self.noise_seed)
-            self._noise[key] = torch.randn(tuple(shape), generator=gen).to(device=device, dtype=dtype)
+            noise = torch.randn(shape, generator=gen)
+            if torch.jit.is_tracing():  # a trace records randn without its generator: keep eps a constant
+                noise = torch.from_numpy(noise.numpy().copy())
+            self._noise[key] = noise.to(device=device, dtype=dtype)
         return self._noise[key]
 
     def add_noise(self, x0: torch.Tensor, timesteps: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

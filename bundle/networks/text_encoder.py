@@ -91,7 +91,10 @@ class TextEncoder:
         ).to(self.device)
         with torch.inference_mode():
             hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return hidden.float().clone(), batch["attention_mask"].bool().clone()
+        hidden, mask = hidden.float().clone(), batch["attention_mask"].bool().clone()
+        if torch.jit.is_tracing():  # a traced export keeps the sentence's encoding as a constant, not a BERT forward
+            hidden, mask = (torch.from_numpy(x.cpu().numpy().copy()).to(x.device) for x in (hidden, mask))
+        return hidden, mask
 
     def __call__(self, texts: Sequence[str], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode sentences -> tokens (B, N, D_t) float32 and mask (B, N) bool, N = ``max_tokens``."""

@@ -14,19 +14,6 @@ from PIL import Image
 from bundle_cli import EVALUATE, INFERENCE, METADATA, TRAIN, run_bundle
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_network_options, tiny_datalist):
-    """One tiny model trained for 2 epochs, shared by the tests of this module."""
-    out = tmp_path_factory.mktemp("trained")
-    options = {**tiny_network_options, "datalist": str(tiny_datalist), "ckpt_dir": str(out / "models"),
-               "log_dir": str(out / "runs"), "output_dir": str(out / "eval"), "epochs": 2, "batch_size": 2}
-    wf = ConfigWorkflow(config_file=TRAIN, meta_file=METADATA, workflow_type="train", **options)
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return options
-
-
 def test_evaluate_writes_labelled_per_image_and_global_metrics(trained, tmp_path):
     options = {**trained, "output_dir": str(tmp_path / "eval"), "split": "testing"}
     result = run_bundle("evaluating", [TRAIN, EVALUATE], options)
