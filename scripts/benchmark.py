@@ -10,6 +10,7 @@ command), and ``report`` turns them into the markdown tables and figures of docs
     python scripts/benchmark.py label-efficiency --data ../shared/data/monuseg --out bench/label_efficiency
     python scripts/benchmark.py speed --out bench/speed
     python scripts/benchmark.py text-encoders --out bench/text_encoders
+    python scripts/benchmark.py figure --results bench/accuracy --runs lcpdn_seed0 unet_seed0 --datalist bench/accuracy/datalist.json
     python scripts/benchmark.py report --out bench --doc-figures docs/figures
 
 ``--smoke`` runs any table on tiny settings (tests use it).
@@ -534,6 +535,60 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def table_figure(args: argparse.Namespace) -> None:
+    """Predictions vs ground truth on validation images for trained runs (one row per image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from monai.bundle import ConfigParser
+    from skimage.segmentation import find_boundaries
+
+    records = {r["name"]: r for r in read_results(Path(args.results)) if "metrics" in r}
+    runs = [records[name] for name in args.runs]
+    datalist = args.datalist
+    items = load_datalist(datalist, "validation")[: args.images]
+    columns = len(runs) + 1
+    fig, axes = plt.subplots(len(items), columns, figsize=(3 * columns, 3 * len(items)), squeeze=False)
+    for col, record in enumerate(runs):
+        parser = ConfigParser()
+        parser.read_config([TRAIN, *[str(ROOT / layer) for layer in record["layers"]]])
+        parser.update({**record["options"], "datalist": datalist})
+        net = parser.get_parsed_content("network_def")
+        state = torch.load(Path(args.results) / record["name"] / "models" / "model.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        net.eval()
+        preprocess = parser.get_parsed_content("validate#preprocessing")
+        for row, item in enumerate(items):
+            data = preprocess(dict(item))
+            image = data["image"][None].float()
+            with torch.inference_mode():
+                kwargs = {"text": [data["text"]]} if hasattr(net, "text_encoder") else {}
+                pred = net(image, **kwargs).argmax(1)[0].numpy()
+            picture = ((data["image"].numpy()[:3].transpose(2, 1, 0) + 1) / 2).clip(0, 1)  # (W, H) -> display (H, W)
+            truth = data["label"][0].numpy().T > 0
+            pred = pred.T > 0
+            if col == 0:
+                shown = picture.copy()
+                shown[find_boundaries(truth)] = (0, 1, 0)
+                axes[row][0].imshow(shown)
+                axes[row][0].set_title("ground truth" if row == 0 else "")
+            shown = picture.copy()
+            shown[find_boundaries(pred)] = (1, 0.1, 0.1)
+            inter = (pred & truth).sum()
+            dice = 2 * inter / max(pred.sum() + truth.sum(), 1)
+            axes[row][col + 1].imshow(shown)
+            axes[row][col + 1].set_title(f"{record['name']}: Dice {100 * dice:.1f}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=100)
+    plt.close(fig)
+    print("wrote", args.figure)
+
+
 def table_report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     parts = []
@@ -601,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(q, "bench/text_encoders")
     q.add_argument("--batch", type=int, default=8)
     q.add_argument("--batches", type=int, default=20)
+    q = sub.add_parser("figure", help="predictions vs ground truth of trained runs on validation images")
+    q.add_argument("--results", required=True, help="results folder holding the runs (e.g. bench/accuracy)")
+    q.add_argument("--runs", nargs="+", required=True, help="run names (e.g. lcpdn_seed0 unet_seed0)")
+    q.add_argument("--datalist", required=True)
+    q.add_argument("--images", type=int, default=3)
+    q.add_argument("--figure", default="docs/figures/predictions.png")
     q = sub.add_parser("report", help="markdown tables (and the training-curve figure) from the results")
     q.add_argument("--out", default="bench")
     q.add_argument("--doc-figures", default=None, help="folder for figures (e.g. docs/figures)")
@@ -620,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speed": table_speed,
         "_speed-worker": speed_worker,
         "text-encoders": table_text_encoders,
+        "figure": table_figure,
         "report": table_report,
     }[args.table]
     return run_cli(lambda: action(args))

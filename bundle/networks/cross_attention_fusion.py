@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .ltfr import channel_reduction
+
 __all__ = ["CrossAttentionFusion"]
 
 
@@ -17,14 +19,15 @@ class CrossAttentionFusion(nn.Module):
         in_channels: channels of the backbone feature map.
         text_dim: D_t of the text tokens.
         dim: fusion width D after channel reduction.
+        norm: normalise the reduced features (see :func:`~bundle.networks.ltfr.channel_reduction`).
         heads: attention heads (``dim`` must be divisible by it).
     """
 
-    def __init__(self, in_channels: int, text_dim: int, dim: int, heads: int = 4) -> None:
+    def __init__(self, in_channels: int, text_dim: int, dim: int, norm: bool = False, heads: int = 4) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"CrossAttentionFusion: dim {dim} is not divisible by heads {heads}")
-        self.reduce = nn.Conv2d(in_channels, dim, 1)
+        self.reduce = channel_reduction(in_channels, dim, norm)
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, kdim=text_dim, vdim=text_dim, batch_first=True)
 

@@ -56,6 +56,7 @@ class LCPDN(nn.Module):
         cprfl: use the alignment prompt (P into the time embedding, Q* into cross-attention).
         fusion: ``"ltfr"`` (paper), ``"cross_attention"`` (Table 2 ablation) or ``"textdiff"``.
         fusion_dim: channels per scale after the 1x1 reduction in LTFR / cross-attention fusion.
+        fusion_norm: GroupNorm after that reduction.
         classifier_hidden: hidden widths of the pixel classifier.
         textdiff_width: width of the TextDiff head (768 in TextDiff).
         out_channels: classes (2 = background / foreground).
@@ -77,6 +78,7 @@ class LCPDN(nn.Module):
         cprfl: bool = True,
         fusion: str = "ltfr",
         fusion_dim: int = 32,
+        fusion_norm: bool = False,
         classifier_hidden: Sequence[int] = (128, 32),
         textdiff_width: int = 768,
         out_channels: int = 2,
@@ -120,7 +122,7 @@ class LCPDN(nn.Module):
             self.classifier = TextDiffHead(in_channels, text_dim, textdiff_width, out_channels=out_channels)
         else:
             module = LTFR if fusion == "ltfr" else CrossAttentionFusion
-            self.fusion = MultiScaleFusion([module(c, text_dim, fusion_dim) for c in in_channels])
+            self.fusion = MultiScaleFusion([module(c, text_dim, fusion_dim, fusion_norm) for c in in_channels])
             self.classifier = PixelClassifier(fusion_dim * len(in_channels), out_channels, classifier_hidden)
         self._multiple = max(self.extractor.backbone.decoder_block_strides())
         self.channels_last = bool(channels_last)

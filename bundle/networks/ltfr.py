@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LTFR", "tile_text", "MultiScaleFusion"]
+__all__ = ["LTFR", "tile_text", "channel_reduction", "MultiScaleFusion"]
 
 
 def tile_text(text: torch.Tensor, mask: torch.Tensor, positions: int) -> torch.Tensor:
@@ -20,6 +20,14 @@ def tile_text(text: torch.Tensor, mask: torch.Tensor, positions: int) -> torch.T
     lengths = mask.sum(1).clamp_min(1)  # (B,)
     index = torch.arange(positions, device=text.device).unsqueeze(0) % lengths.unsqueeze(1)  # (B, M)
     return torch.gather(text, 1, index.unsqueeze(-1).expand(-1, -1, text.shape[-1]))
+
+
+def channel_reduction(in_channels: int, dim: int, norm: bool = False) -> nn.Module:
+    """The 1x1 convolution that reduces timestep-concatenated backbone channels to the fusion width D,
+    optionally followed by a GroupNorm (keeps F_img at unit scale for the product of Eq. 10)."""
+    if not norm:
+        return nn.Conv2d(in_channels, dim, 1)
+    return nn.Sequential(nn.Conv2d(in_channels, dim, 1, bias=False), nn.GroupNorm(min(8, dim), dim))
 
 
 class LTFR(nn.Module):
@@ -36,11 +44,12 @@ class LTFR(nn.Module):
         in_channels: channels of the backbone feature map (timesteps concatenated).
         text_dim: D_t of the text tokens.
         dim: fusion width D after channel reduction.
+        norm: normalise the reduced features (see :func:`channel_reduction`).
     """
 
-    def __init__(self, in_channels: int, text_dim: int, dim: int) -> None:
+    def __init__(self, in_channels: int, text_dim: int, dim: int, norm: bool = False) -> None:
         super().__init__()
-        self.reduce = nn.Conv2d(in_channels, dim, 1)
+        self.reduce = channel_reduction(in_channels, dim, norm)
         self.text_proj = nn.Linear(text_dim, dim)
         self.mlp = nn.Sequential(nn.Conv2d(2 * dim, dim, 1), nn.GELU(), nn.Conv2d(dim, dim, 1))
         self.gate = nn.Conv2d(2 * dim, 1, 1)

@@ -27,7 +27,6 @@ from PIL import Image
 
 from bundle_cli import METADATA, ROOT
 from scripts.package_zoo import bundle_name
-from test_evaluate_inference import trained  # noqa: F401 (module-scoped fixture: a tiny model trained 2 epochs)
 from test_monai_label import PROMPT, make_label_bundle
 
 EXE = os.environ.get("LCPDN_MONAILABEL", "")
