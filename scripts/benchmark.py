@@ -111,6 +111,15 @@ def cli_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, tuple, bool)) or value is None else str(value)
 
 
+def own_peak_rss_gb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not inherit the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1e6
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cmd`` with output to ``log``; return exit code, wall seconds and the child's peak RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -212,9 +221,10 @@ def table_accuracy(args: argparse.Namespace) -> None:
     out = Path(args.out)
     datalist = smoke_datalist(out) if args.smoke else lvit_datalist(args.data, out)
     base = {"epochs": args.epochs, **(SMOKE_OPTIONS if args.smoke else {}), **parse_sets(args.set)}
+    ckpt = pretrain_backbone(args, out, datalist, base) if "lcpdn_pretrained" in args.variants else None
     for seed in args.seeds:
         for variant in args.variants:
-            layers, options = VARIANTS[variant]
+            layers, options = VARIANTS[variant] if variant in VARIANTS else ([], {"backbone_ckpt": ckpt})
             options = {**options, **base, "seed": seed}
             if variant == "unet" and args.unet_lr:
                 options["learning_rate"] = args.unet_lr
@@ -253,8 +263,25 @@ def table_ct(args: argparse.Namespace) -> None:
             train_and_evaluate(f"ct_{variant}_seed{seed}", out, path, [modality, *layers], options)
 
 
+def pretrain_backbone(args: argparse.Namespace, out: Path, datalist: Path, base: dict[str, Any]) -> str:
+    """Stage-1 denoising pretraining of the backbone (or ``--backbone-ckpt`` when given); returns the checkpoint."""
+    if args.backbone_ckpt:
+        return args.backbone_ckpt
+    pre_dir = out / "pretrain"
+    pre_opts = {**base, "datalist": str(datalist), "ckpt_dir": str(pre_dir / "models"), "log_dir": str(pre_dir / "runs"),
+                "pretrain_epochs": args.pretrain_epochs, "pretrain_splits": args.pretrain_splits}
+    pre_opts.pop("epochs", None)
+    if args.smoke:
+        pre_opts["pretrain_crop"] = [32, 32]
+    pre = run_logged(bundle_command("pretraining", [TRAIN, PRETRAIN], pre_opts), pre_dir / "pretrain.log")
+    append_result(out, {"name": "pretrain", "train": pre, "options": pre_opts, "machine": machine()})
+    if pre["returncode"] != 0:
+        raise RuntimeError(f"pretraining failed, see {pre_dir / 'pretrain.log'}")
+    return str(pre_dir / "models" / "backbone_pretrained.pt")
+
+
 def table_label_efficiency(args: argparse.Namespace) -> None:
-    """The default config on few labelled images, with and without stage-1 pretraining on all images."""
+    """The default config on few labelled images, with and without stage-1 pretraining on unlabelled images."""
     out = Path(args.out)
     full = smoke_datalist(out) if args.smoke else lvit_datalist(args.data, out)
     few = out / "datalist_few.json"
@@ -263,19 +290,15 @@ def table_label_efficiency(args: argparse.Namespace) -> None:
     write_datalist(str(few), {"training": sorted(rng.sample(items, min(args.train_items, len(items))), key=lambda x: x["image"]),
                               "validation": load_datalist(str(full), "validation")})
     base = {"epochs": args.epochs, **(SMOKE_OPTIONS if args.smoke else {}), **parse_sets(args.set)}
-    pre_dir = out / "pretrain"
-    pre_opts = {**base, "datalist": str(full), "ckpt_dir": str(pre_dir / "models"), "log_dir": str(pre_dir / "runs"),
-                "pretrain_epochs": args.pretrain_epochs, "pretrain_splits": ["training", "validation", "testing"]}
-    if args.smoke:
-        pre_opts["pretrain_crop"] = [32, 32]
-    pre = run_logged(bundle_command("pretraining", [TRAIN, PRETRAIN], pre_opts), pre_dir / "pretrain.log")
-    append_result(out, {"name": "pretrain", "train": pre, "options": pre_opts, "machine": machine()})
-    if pre["returncode"] != 0:
-        raise RuntimeError(f"pretraining failed, see {pre_dir / 'pretrain.log'}")
-    ckpt = str(pre_dir / "models" / "backbone_pretrained.pt")
+    ckpt = pretrain_backbone(args, out, full, base)
     for seed in args.seeds:
-        train_and_evaluate(f"few{args.train_items}_scratch_seed{seed}", out, few, [], {**base, "seed": seed})
-        train_and_evaluate(f"few{args.train_items}_pretrained_seed{seed}", out, few, [],
+        for variant in args.variants:
+            layers, options = VARIANTS[variant]
+            options = {**options, **base, "seed": seed}
+            if variant == "unet" and args.unet_lr:
+                options["learning_rate"] = args.unet_lr
+            train_and_evaluate(f"few{args.train_items}_{variant}_seed{seed}", out, few, layers, options)
+        train_and_evaluate(f"few{args.train_items}_lcpdn_pretrained_seed{seed}", out, few, [],
                            {**base, "seed": seed, "backbone_ckpt": ckpt})
 
 
@@ -422,7 +445,7 @@ def speed_worker(args: argparse.Namespace) -> None:
         "train_images_per_s": b / train_seconds,
         "train_seconds_per_step": train_seconds,
         "inference_seconds_per_image": sorted(times)[len(times) // 2],
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_gb": own_peak_rss_gb(),
         "trainable_parameters": sum(p.numel() for p in params),
         "machine": machine(),
     }
@@ -617,13 +640,20 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--smoke", action="store_true", help="tiny settings on the committed test fixtures")
         q.add_argument("--set", nargs="*", default=[], help="extra config options key=value for every run")
 
+    def pretraining(q: argparse.ArgumentParser, splits: list[str]) -> None:
+        q.add_argument("--pretrain-epochs", type=int, default=300)
+        q.add_argument("--pretrain-splits", nargs="+", default=splits, help="datalist splits whose images (no labels) pretrain")
+        q.add_argument("--backbone-ckpt", default=None, help="reuse a pretrained backbone instead of pretraining")
+
     q = sub.add_parser("accuracy", help="MoNuSeg: LCPDN, UNet baseline, ablations, TextDiff-style head")
     common(q, "bench/accuracy")
     q.add_argument("--data", help="LViT-layout MoNuSeg folder")
-    q.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    q.add_argument("--variants", nargs="+", default=["lcpdn_pretrained", *VARIANTS], choices=["lcpdn_pretrained", *VARIANTS],
+                   help="lcpdn_pretrained: the default config on a stage-1 pretrained backbone")
     q.add_argument("--seeds", nargs="+", type=int, default=[0])
     q.add_argument("--epochs", type=int, default=50)
     q.add_argument("--unet-lr", type=float, default=None, help="learning rate of the UNet baseline (default: as LCPDN)")
+    pretraining(q, splits=["training"])
     q = sub.add_parser("ct", help="CT slices: train on lung2, test on lung1")
     common(q, "bench/ct")
     q.add_argument("--ct-dir", help="folder with lung{1,2}_{image,label}.nrrd")
@@ -639,7 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--subset-seed", type=int, default=0)
     q.add_argument("--seeds", nargs="+", type=int, default=[0])
     q.add_argument("--epochs", type=int, default=100)
-    q.add_argument("--pretrain-epochs", type=int, default=200)
+    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet"], choices=list(VARIANTS),
+                   help="runs without pretraining (lcpdn_pretrained always runs)")
+    q.add_argument("--unet-lr", type=float, default=None)
+    pretraining(q, splits=["training", "validation", "testing"])
     q = sub.add_parser("speed", help="training images/s, inference latency and peak RSS per pipeline")
     common(q, "bench/speed")
     q.add_argument("--pipelines", nargs="+", default=["lcpdn", "unet", "textdiff_faithful", "textdiff_faithful_adm"])
