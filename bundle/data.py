@@ -21,6 +21,8 @@ __all__ = [
     "MODALITIES",
     "DEFAULT_TEXT",
     "SPLITS",
+    "RASTER_SUFFIXES",
+    "IMAGE_SUFFIXES",
     "check_modality",
     "check_text",
     "load_datalist",
@@ -164,7 +166,10 @@ def write_datalist(path: str, datalist: Mapping[str, Any], relative: bool = True
     return path
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz", ".nrrd", ".mha")
+#: 2D picture formats (read with PIL / tifffile; predictions for them are written as PNG)
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: every image format an item may have
+IMAGE_SUFFIXES = (*RASTER_SUFFIXES, ".dcm", ".nii", ".nii.gz", ".nrrd", ".mha")
 
 
 def unlabelled_items(datalist: str, splits: Sequence[str], modality: str | None = None) -> list[dict[str, Any]]:

@@ -114,23 +114,6 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().attach(engine)
 
 
-class ResumeCheckpointLoader(CheckpointLoader):
-    """:class:`monai.handlers.CheckpointLoader` that also restores the engine it is attached to.
-
-    Args:
-        engine_key: key of the engine's state in the checkpoint (see ``AtomicCheckpointSaver``).
-        args, kwargs: ``CheckpointLoader`` arguments.
-    """
-
-    def __init__(self, *args: Any, engine_key: str = "trainer", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.engine_key = engine_key
-
-    def attach(self, engine: Any) -> None:
-        self.load_dict[self.engine_key] = engine
-        super().attach(engine)
-
-
 class CheckedCheckpointLoader(CheckpointLoader):
     """:class:`monai.handlers.CheckpointLoader` for trained weights (``models/model.pt``) that first checks
     the file exists and fits the configured network, and otherwise stops with one clear error."""
@@ -139,7 +122,8 @@ class CheckedCheckpointLoader(CheckpointLoader):
         self.option = option
         super().__init__(load_path=load_path, load_dict=load_dict, **kwargs)
 
-    def __call__(self, engine: Any) -> None:
+    def check(self, engine: Any) -> None:
+        """Raise one clear error unless the file is a readable checkpoint that fits the network."""
         state = read_checkpoint(self.load_path, self.option)
         model = self.load_dict.get("model")
         if isinstance(model, torch.nn.Module):
@@ -150,7 +134,38 @@ class CheckedCheckpointLoader(CheckpointLoader):
                 "It was trained with other network options (e.g. cprfl, fusion, blocks, backbone_channels): "
                 "pass the same options, or point to the right checkpoint.",
             )
+
+    def __call__(self, engine: Any) -> None:
+        self.check(engine)
         super().__call__(engine)
+
+
+class ResumeCheckpointLoader(CheckedCheckpointLoader):
+    """:class:`CheckedCheckpointLoader` for ``--resume``: also restores the engine it is attached to, and stops
+    with one clear line when the checkpoint is already past ``--epochs``.
+
+    Args:
+        engine_key: key of the engine's state in the checkpoint (see ``AtomicCheckpointSaver``).
+        args, kwargs: ``CheckedCheckpointLoader`` arguments.
+    """
+
+    def __init__(self, *args: Any, engine_key: str = "trainer", option: str = "resume", **kwargs: Any) -> None:
+        super().__init__(*args, option=option, **kwargs)
+        self.engine_key = engine_key
+
+    def attach(self, engine: Any) -> None:
+        self.load_dict[self.engine_key] = engine
+        super().attach(engine)
+
+    def check(self, engine: Any) -> None:
+        super().check(engine)
+        saved = torch.load(self.load_path, map_location="cpu", weights_only=True).get(self.engine_key, {})
+        epoch = saved.get("epoch", saved.get("iteration", 0) // max(saved.get("epoch_length", 1), 1))
+        if engine.state.max_epochs is not None and epoch > engine.state.max_epochs:
+            raise BundleInputError(
+                f"--resume: checkpoint '{self.load_path}' was saved after epoch {epoch}, beyond --epochs "
+                f"{engine.state.max_epochs}: pass --epochs larger than {epoch} to train further"
+            )
 
 
 class BestMetricState:

@@ -13,11 +13,11 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage, SaveImaged
 from skimage.segmentation import find_boundaries
 
+from .data import IMAGE_SUFFIXES, RASTER_SUFFIXES
 from .errors import BundleInputError
 
 __all__ = ["SavePredictiond", "RASTER_SUFFIXES", "overlay_contour"]
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def overlay_contour(image: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray, color=(255, 32, 32)) -> np.ndarray:
@@ -68,7 +68,7 @@ class SavePredictiond(SaveImaged):
 
     def _check_target(self, source: str, ext: str) -> None:
         name = os.path.basename(source)
-        for suffix in (".nii.gz", *RASTER_SUFFIXES, ".nii", ".dcm", ".nrrd", ".mha"):
+        for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):  # ".nii.gz" before ".nii"
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
                 break

@@ -17,6 +17,7 @@ __all__ = [
     "check_positive",
     "check_file",
     "default_device",
+    "amp_kwargs",
     "count_trainable_parameters",
     "flatten",
     "read_checkpoint",
@@ -69,6 +70,13 @@ def default_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def amp_kwargs(dtype: str = "float16") -> dict[str, torch.dtype]:
+    """``amp_kwargs`` of MONAI engines for option ``amp_dtype`` (autocast runs on CUDA only)."""
+    if dtype not in ("float16", "bfloat16"):
+        raise BundleInputError(f"option amp_dtype must be float16 or bfloat16, got {dtype!r}")
+    return {"dtype": getattr(torch, dtype)}
 
 
 def count_trainable_parameters(module: torch.nn.Module) -> int:

@@ -518,12 +518,17 @@ def accuracy_table(records: list[dict[str, Any]], prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def speed_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| pipeline | trainable params | train images/s | inference s/image | peak RSS GB |", "|---|---|---|---|---|"]
-    for r in records:
-        if "train_images_per_s" in r:
-            lines.append(f"| {r['pipeline']} | {r['trainable_parameters'] / 1e6:.2f}M | {r['train_images_per_s']:.3f} | "
-                         f"{r['inference_seconds_per_image']:.3f} | {r['peak_rss_gb']:.2f} |")
+def speed_table(records: list[dict[str, Any]], reference: str = "textdiff_faithful") -> str:
+    """Speed rows, with ratios against ``reference`` (the TextDiff-faithful pipeline) of the same run."""
+    rows = [r for r in records if "train_images_per_s" in r]
+    ref = next((r for r in reversed(rows) if r["pipeline"] == reference), None)
+    lines = [f"| pipeline | trainable params | train images/s | inference s/image | peak RSS GB | "
+             f"train speed vs {reference} | inference speed vs {reference} |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratios = (f"{r['train_images_per_s'] / ref['train_images_per_s']:.1f}x | "
+                  f"{ref['inference_seconds_per_image'] / r['inference_seconds_per_image']:.1f}x") if ref else "- | -"
+        lines.append(f"| {r['pipeline']} | {r['trainable_parameters'] / 1e6:.2f}M | {r['train_images_per_s']:.3f} | "
+                     f"{r['inference_seconds_per_image']:.3f} | {r['peak_rss_gb']:.2f} | {ratios} |")
     return "\n".join(lines)
 
 

@@ -92,14 +92,23 @@ def package_zoo(root: str | Path = ROOT, out: str | Path | None = None, model: s
 
     Args:
         root: bundle root (holds ``configs/metadata.json``).
-        out: zip to write (default ``<root>/dist/<name>_v<version>.zip``).
+        out: zip to write, or a folder (an existing one, or a path ending in ``/``) that receives
+            ``<name>_v<version>.zip`` (default ``<root>/dist/``)
         model: trained weights packed as ``models/model.pt`` (default: ``<root>/models/model.pt`` when it
             exists; the zip then has no weights otherwise).
     """
     root = Path(root).resolve()
     metadata = read_metadata(root)
     name = bundle_name(metadata)
-    out = Path(out) if out else root / "dist" / f"{name}_v{metadata['version']}.zip"
+    zip_name = f"{name}_v{metadata['version']}.zip"
+    if not out:
+        out = root / "dist" / zip_name
+    elif str(out).endswith(("/", "\\")) or Path(out).is_dir():
+        out = Path(out) / zip_name
+    else:
+        out = Path(out)
+        if out.suffix != ".zip":
+            raise BundleInputError(f"--out '{out}' is neither a folder nor a .zip file name")
     if model is not None:
         model = Path(model)
         if not model.is_file():
@@ -120,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default=str(ROOT), help="bundle root (default: this repository)")
-    p.add_argument("--out", default=None, help="zip to write (default: <root>/dist/<name>_v<version>.zip)")
+    p.add_argument("--out", default=None, help="zip to write, or a folder for <name>_v<version>.zip (default: <root>/dist/)")
     p.add_argument("--model", default=None, help="weights to pack as models/model.pt (default: <root>/models/model.pt)")
     return p
 

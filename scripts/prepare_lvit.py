@@ -22,7 +22,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python scripts/prepare_lvit.py`: make `bundle` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.data import DEFAULT_TEXT, MODALITIES, check_modality, write_datalist  # noqa: E402
+from bundle.data import DEFAULT_TEXT, MODALITIES, RASTER_SUFFIXES, check_modality, write_datalist  # noqa: E402
 from bundle.errors import BundleInputError  # noqa: E402
 
 __all__ = [
@@ -50,7 +50,7 @@ NAMING_RULES: dict[str, Callable[[str], str]] = {
 }
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = RASTER_SUFFIXES  # LViT folders hold 2D pictures only
 
 _SHOWN = 5  # file names listed in an error before "... and N more"
 

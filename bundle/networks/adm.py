@@ -287,7 +287,7 @@ class ADMUNet(nn.Module):
         cross_attention_dim: width of context tokens; adds zero-initialised cross-attention after every
             attention block (keys ``*.cross_attn.*``). ``None`` = exact ADM.
         checkpoint: optional local guided-diffusion checkpoint loaded with :func:`load_adm_checkpoint`
-            (use this rather than the generic ``backbone_ckpt``, which cannot skip the cross-attention keys).
+            (the generic ``backbone_ckpt`` option does the same: both let the cross-attention keys be absent).
     """
 
     def __init__(
@@ -440,6 +440,10 @@ class ADMUNet(nn.Module):
     def checkpoint_optional_keys(self) -> list[str]:
         """State-dict keys that no ADM checkpoint holds (the added cross-attention)."""
         return [k for k in self.state_dict() if ".cross_attn." in k]
+
+    def cross_attention_modules(self) -> list[nn.Module]:
+        """The added cross-attention layers: they read the prompt and train even when the ADM is frozen."""
+        return [m.cross_attn for m in self.modules() if isinstance(m, AttentionBlock) and m.cross_attn is not None]
 
     def _embed(self, x: torch.Tensor, timesteps: torch.Tensor, emb_offset: torch.Tensor | None,
                y: torch.Tensor | None = None) -> torch.Tensor:

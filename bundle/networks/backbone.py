@@ -65,6 +65,10 @@ class DecoderFeatureBackbone(Protocol):
         """Modules never run when features stop at ``block`` (later decoder units, output head)."""
         ...
 
+    def cross_attention_modules(self) -> list[nn.Module]:  # optional
+        """Modules that read the context tokens (the prompt Q*); they train even in a frozen backbone."""
+        ...
+
 
 class MonaiDiffusionBackbone(nn.Module):
     """MONAI :class:`~monai.networks.nets.DiffusionModelUNet` (2D) exposed block by block.
@@ -127,6 +131,14 @@ class MonaiDiffusionBackbone(nn.Module):
 
     def decoder_block_strides(self) -> list[int]:
         return list(self._strides)
+
+    def cross_attention_modules(self) -> list[nn.Module]:
+        """MONAI's cross-attention (``attn2``) and its pre-norm (``norm2``) in every transformer block."""
+        return [
+            m
+            for name, m in self.unet.named_modules()
+            if ".transformer_blocks." in name and name.rsplit(".", 1)[-1] in ("attn2", "norm2")
+        ]
 
     def modules_after(self, block: int) -> list[nn.Module]:
         unet = self.unet
@@ -229,7 +241,9 @@ class DiffusionFeatureExtractor(nn.Module):
         num_train_timesteps, beta_start, beta_end, schedule: the noise schedule (linear, 1000 steps,
             1e-4..0.02 gives abar = 0.970 / 0.786 / 0.521 at t = 50 / 150 / 250).
         noise_seed: seed of the shared noise eps.
-        trainable: False freezes the backbone (no gradients to its weights, eval mode).
+        trainable: False freezes the backbone (no gradients to its weights, eval mode) except its
+            ``cross_attention_modules()``: those read the prompt Q* and belong to CPRFL, which must learn to
+            align it with the frozen features (for ADM they are new, zero-initialised layers).
         checkpoint: optional local backbone checkpoint loaded at construction.
         batch_timesteps: run all timesteps as one batch (False: one after another, as the research code).
         stop_early: stop after the last hooked block (False: run the whole decoder, as the research code).
@@ -274,6 +288,8 @@ class DiffusionFeatureExtractor(nn.Module):
         if not self.trainable:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+            for module in getattr(self.backbone, "cross_attention_modules", lambda: [])():
+                module.requires_grad_(True)
         # what runs after the last hooked block never runs: no gradients, not counted as trainable
         for module in getattr(self.backbone, "modules_after", lambda _: [])(self.blocks[-1]):
             module.requires_grad_(False)
@@ -321,7 +337,7 @@ class DiffusionFeatureExtractor(nn.Module):
     ) -> list[torch.Tensor]:
         """x0 (B, C, H, W) in [-1, 1] -> one (B, C_b * T, H_b, W_b) map per hooked block."""
         needs_grad = torch.is_grad_enabled() and (
-            self.trainable
+            any(p.requires_grad for p in self.backbone.parameters())
             or (emb_offset is not None and emb_offset.requires_grad)
             or (context is not None and context.requires_grad)
         )

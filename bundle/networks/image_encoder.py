@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BundleInputError
+from ..utils import read_checkpoint
 
 __all__ = ["ImageEncoder", "build_image_encoder", "IMAGE_ENCODER_KINDS"]
 
@@ -87,7 +88,7 @@ def _efficientnet_lite0(path: str | None) -> ImageEncoder:
     if not os.path.isfile(path):
         raise _missing(path, "EfficientNet-Lite0")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, "image_encoder_path", "EfficientNet-Lite0 weights")
     target = model.state_dict()
     if list(state) != list(target):  # the package ships EfficientNet-PyTorch names: same order, same shapes
         if len(state) != len(target) or any(a.shape != b.shape for a, b in zip(state.values(), target.values())):
@@ -120,7 +121,8 @@ def _open_clip(name: str, path: str | None, config: str | None) -> ImageEncoder:
         )
     if not path or not os.path.isfile(path):
         raise _missing(path, f"open_clip {name}")
-    model = open_clip.create_model(name, pretrained=None)
+    # pretrained_*=False: no tower may fetch its "base" weights (an HF text tower would go to the hub)
+    model = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
     try:
         open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
     except Exception as e:

@@ -24,9 +24,14 @@ def cli_args(options: dict) -> list[str]:
     return args
 
 
+def run_bundle_command(args: list[str], timeout: int = 300, extra_env: dict | None = None):
+    """Run ``python -m monai.bundle <args>`` from the bundle root, offline; returns the CompletedProcess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def run_bundle(run_id: str, config_files: list[str], options: dict, timeout: int = 300, extra_env: dict | None = None):
     """Run ``python -m monai.bundle run`` as a user would; returns the CompletedProcess."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
     files = config_files[0] if len(config_files) == 1 else repr(config_files)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files, *cli_args(options)]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_bundle_command(["run", run_id, "--config_file", files, *cli_args(options)], timeout, extra_env)

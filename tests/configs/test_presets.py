@@ -66,7 +66,9 @@ def test_adm_presets_build_a_frozen_adm_with_the_published_blocks(preset, blocks
     parser["backbone"].update({"model_channels": 32, "num_head_channels": 16})  # same topology, small width
     net = parser.get_parsed_content("network_def")
     assert type(net.extractor.backbone).__name__ == "ADMUNet" and net.extractor.blocks == blocks
-    assert net.parameter_report()["backbone"] == 0  # frozen
+    adm = net.extractor.backbone
+    cross = sum(p.numel() for m in adm.cross_attention_modules() for p in m.parameters() if p.requires_grad)
+    assert 0 < net.parameter_report()["backbone"] == cross  # frozen ADM; only the added cross-attention trains
     out = net(torch.rand(1, 3, 64, 64) * 2 - 1, ["the nuclei are evenly distributed."])
     assert out.shape == (1, 2, 64, 64)
 

@@ -20,6 +20,7 @@ def test_pretrain_then_train_with_the_frozen_backbone(run_options, tmp_path):
                          **{**run_options, "pretrain_epochs": 1, "pretrain_crop": [32, 32]})
     pre.initialize()
     pre.run()
+    assert pre.parser.get_parsed_content("pretrain#trainer").state.metrics["pretrain_loss_avg"] > 0  # logged per epoch
     ckpt = tmp_path / "models" / "backbone_pretrained.pt"
     state = torch.load(ckpt, weights_only=True)
     assert any(k.startswith("up_blocks") for k in state)  # a plain DiffusionModelUNet state dict
@@ -31,9 +32,12 @@ def test_pretrain_then_train_with_the_frozen_backbone(run_options, tmp_path):
     net = wf.parser.get_parsed_content("network")
     unet = net.extractor.backbone.unet
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in state.items())  # loaded
-    assert net.parameter_report()["backbone"] == 0  # frozen
+    cross = {k for k in state if ".attn2." in k or ".norm2." in k and ".transformer_blocks." in k}
+    assert cross and net.parameter_report()["backbone"] == sum(state[k].numel() for k in cross)
     wf.run()
-    assert all(torch.equal(unet.state_dict()[k], v) for k, v in state.items())  # still frozen after training
+    after = unet.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items() if k not in cross)  # frozen after training
+    assert any(not torch.equal(after[k], state[k]) for k in cross)  # CPRFL's cross-attention learned
 
 
 @pytest.mark.slow
@@ -72,3 +76,16 @@ def test_resume_without_checkpoint_is_a_clear_error(run_options):
     result = run_bundle("training", [TRAIN], {**run_options, "resume": True})
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no checkpoint" in result.stderr
+
+
+def test_resume_into_another_network_or_past_epochs_is_one_clear_line(run_options):
+    from bundle_cli import run_bundle
+
+    wf = ConfigWorkflow(config_file=TRAIN, meta_file=METADATA, workflow_type="train", **run_options)
+    wf.initialize()
+    wf.run()  # writes checkpoint_epoch=2.pt
+    for override, message in (({"fusion": "cross_attention"}, "does not match the configured network"),
+                              ({"epochs": 1}, "saved after epoch 2, beyond --epochs 1")):
+        result = run_bundle("training", [TRAIN], {**run_options, **override, "resume": True})
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert any(line.startswith("ERROR:") and message in line for line in result.stderr.splitlines()), result.stderr[-2000:]

@@ -79,16 +79,26 @@ def test_prompt_offset_changes_features_and_zero_offset_is_a_no_op():
     assert torch.allclose(base, zero) and not torch.allclose(base, moved)
 
 
-def test_frozen_backbone_gets_no_gradients_but_passes_them_to_the_prompt():
+def test_frozen_backbone_trains_only_its_cross_attention_and_passes_gradients_to_the_prompt():
     fe = DiffusionFeatureExtractor(tiny_backbone(), blocks=(1,), trainable=False)
     fe.train()
     assert not fe.backbone.training  # frozen stays in eval mode
+    cross = {id(p) for m in fe.backbone.cross_attention_modules() for p in m.parameters()}
+    assert cross and all(p.requires_grad == (id(p) in cross) for p in fe.backbone.parameters())
     offset = torch.zeros(1, fe.backbone.time_embed_dim, requires_grad=True)
-    fe(torch.randn(1, 3, 32, 32), emb_offset=offset, context=torch.randn(1, 2, 16))[0].sum().backward()
+    context = torch.randn(1, 2, 16, requires_grad=True)
+    fe(torch.randn(1, 3, 32, 32), emb_offset=offset, context=context)[0].sum().backward()
     assert offset.grad is not None and offset.grad.abs().sum() > 0
-    assert all(p.grad is None for p in fe.backbone.parameters())
+    assert context.grad is not None and context.grad.abs().sum() > 0  # Q* reaches the loss through cross-attention
+    for name, p in fe.backbone.named_parameters():
+        assert (p.grad is not None) == (id(p) in cross), name  # the published / pretrained weights get nothing
+
+
+def test_frozen_backbone_without_cross_attention_runs_without_a_graph():
+    fe = DiffusionFeatureExtractor(tiny_backbone(cross_attention_dim=None), blocks=(1,), trainable=False)
+    assert not any(p.requires_grad for p in fe.parameters())
     with torch.enable_grad():
-        out = fe(torch.randn(1, 3, 32, 32), context=torch.randn(1, 2, 16))[0]
+        out = fe(torch.randn(1, 3, 32, 32))[0]
     assert not out.requires_grad  # nothing to train: the forward ran without a graph
 
 

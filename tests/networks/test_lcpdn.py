@@ -89,9 +89,11 @@ def test_frozen_encoders_stay_out_of_the_state_dict_and_trainable_count(encoders
     assert report["total"] == sum(v for k, v in report.items() if k != "total")
 
 
-def test_frozen_backbone_is_not_counted(encoders):
+def test_frozen_backbone_counts_only_its_cross_attention(encoders):
     net = build(encoders, backbone_trainable=False)
-    assert net.parameter_report()["backbone"] == 0
+    cross = sum(p.numel() for m in net.extractor.backbone.cross_attention_modules() for p in m.parameters())
+    assert 0 < net.parameter_report()["backbone"] == cross
+    assert build(encoders, cprfl=False, backbone_trainable=False).parameter_report()["backbone"] == 0
 
 
 def test_bad_configurations_are_clear(encoders):
@@ -105,3 +107,27 @@ def test_bad_configurations_are_clear(encoders):
     net = build(encoders)
     with pytest.raises(BundleInputError, match="multiple of"):
         net(torch.zeros(1, 3, 31, 31))
+
+
+def test_default_configuration_trains_at_256_px_with_the_offline_encoders(root):
+    """configs/train.json's network as shipped (all-MiniLM-L6-v2, EfficientNet-Lite0, 256 px): forward + backward."""
+    from monai.bundle import ConfigParser
+    from monai.losses import DiceCELoss
+
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    net = parser.get_parsed_content("network_def")
+    assert net.text_encoder.dim == 384 and net.image_encoder.dim == 1280  # the real packaged weights
+    torch.manual_seed(0)
+    image, label = torch.rand(1, 3, 256, 256) * 2 - 1, (torch.rand(1, 1, 256, 256) > 0.7).float()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], 1e-3)
+    for _ in range(2):  # MONAI's UNet zero-initialises residual outputs (as DDPM): the prompt's paths open after one step
+        optimizer.zero_grad()
+        logits = net(image, ["The nuclei are evenly distributed."])
+        loss_fn(logits, label).backward()
+        optimizer.step()
+    assert logits.shape == (1, 2, 256, 256)
+    for w in (net.alignment.w_q, net.alignment.w_k, net.alignment.w_v, net.alignment.w_t):
+        assert w.weight.grad is not None and w.weight.grad.abs().sum() > 0
+    assert round(net.parameter_report()["total"] / 1e6, 3) == 5.668  # the count docs/network.md states
