@@ -76,6 +76,24 @@ class SavePredictiond(SaveImaged):
         if os.path.abspath(source) == target:
             raise BundleInputError(f"output '{target}' would overwrite the input: choose another output_dir")
 
+    @staticmethod
+    def _input_geometry(mask: MetaTensor) -> MetaTensor:
+        """The mask (1, H, W) in the input file's own shape and 4x4 affine (e.g. H x W x 1 at the slice's z).
+
+        ``Ensure2Dd`` keeps only the in-plane affine for the network; the reader's ``original_affine`` and
+        ``spatial_shape`` still describe the file, so the saved mask overlays the input in any viewer.
+        """
+        shape, affine = mask.meta.get("spatial_shape"), mask.meta.get("original_affine")
+        if shape is None or affine is None:
+            return mask
+        shape = [int(s) for s in torch.as_tensor(shape).flatten()]  # a tensor once the batch is decollated
+        affine = torch.as_tensor(affine, dtype=torch.float64).reshape(-1, 4)
+        if affine.shape != (4, 4) or int(np.prod(shape)) != mask[0].numel():
+            return mask
+        out = MetaTensor(mask.reshape(1, *shape), meta=dict(mask.meta))
+        out.affine = affine
+        return out
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
@@ -86,7 +104,7 @@ class SavePredictiond(SaveImaged):
             self._check_target(source, ".png" if raster else ".nii.gz")
             mask = (torch.as_tensor(pred) > 0).to(torch.uint8)
             mask = MetaTensor(mask, meta=dict(meta))
-            (self.png if raster else self.saver)(mask)
+            (self.png if raster else self.saver)(self._input_geometry(mask) if not raster else mask)
             if self.overlay is not None and self.image_key in d:
                 picture = overlay_contour(d[self.image_key], mask)
                 self.overlay(MetaTensor(torch.from_numpy(picture), meta=dict(meta)))

@@ -61,7 +61,24 @@ def test_inference_on_dicom_writes_nifti(trained, tmp_path, data_dir):
     options = inference_options(trained, tmp_path, image=str(data_dir / "cxr_monochrome1.dcm"))
     result = run_bundle("inference", [INFERENCE, str(data_dir.parents[1] / "configs" / "modality" / "cxr.json")], options)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "pred" / "cxr_monochrome1_seg.nii.gz").is_file()
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    pred = nib.load(tmp_path / "pred" / "cxr_monochrome1_seg.nii.gz")
+    source = LoadImage(image_only=True)(str(data_dir / "cxr_monochrome1.dcm"))  # as MONAI reads the input
+    assert pred.shape[:2] == tuple(source.shape[:2]) and np.allclose(pred.affine, np.asarray(source.affine))
+
+
+def test_inference_on_a_nifti_ct_slice_keeps_its_geometry(trained, tmp_path, root):
+    import nibabel as nib
+
+    src = root / "docs" / "demo_data" / "ct" / "images" / "lung2_z020.nii.gz"
+    options = inference_options(trained, tmp_path, image=str(src))
+    result = run_bundle("inference", [INFERENCE, str(root / "configs" / "modality" / "ct.json")], options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pred, original = nib.load(tmp_path / "pred" / "lung2_z020_seg.nii.gz"), nib.load(src)
+    assert pred.shape[:2] == original.shape[:2] and np.allclose(pred.affine, original.affine)
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
 
 
 def test_inference_over_a_datalist_split(trained, tmp_path):

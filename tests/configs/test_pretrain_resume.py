@@ -40,6 +40,16 @@ def test_pretrain_then_train_with_the_frozen_backbone(run_options, tmp_path):
     assert any(not torch.equal(after[k], state[k]) for k in cross)  # CPRFL's cross-attention learned
 
 
+def test_pretrain_from_an_image_folder_needs_no_datalist(run_options, tmp_path, data_dir):
+    options = {**run_options, "pretrain_epochs": 1, "pretrain_crop": [32, 32], "datalist": "/no/such/datalist.json",
+               "image_folder": str(data_dir / "lvit_tiny" / "Train_Folder" / "img")}
+    pre = ConfigWorkflow(config_file=[TRAIN, PRETRAIN], meta_file=METADATA, workflow_type="train", **options)
+    pre.initialize()
+    pre.run()
+    assert len(pre.parser.get_parsed_content("pretrain#dataset")) == 2  # the folder's two images, unlabelled
+    assert (tmp_path / "models" / "backbone_pretrained.pt").is_file()
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_loses_nothing(run_options, tmp_path):
     options = {**run_options, "epochs": 6}
