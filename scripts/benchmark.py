@@ -228,7 +228,7 @@ def table_accuracy(args: argparse.Namespace) -> None:
             options = {**options, **base, "seed": seed}
             if variant == "unet" and args.unet_lr:
                 options["learning_rate"] = args.unet_lr
-            train_and_evaluate(f"{variant}_seed{seed}", out, datalist, layers, options)
+            train_and_evaluate(f"{variant}{args.tag}_seed{seed}", out, datalist, layers, options)
 
 
 def table_ct(args: argparse.Namespace) -> None:
@@ -260,7 +260,7 @@ def table_ct(args: argparse.Namespace) -> None:
             options = {**options, **base, "seed": seed}
             if variant == "unet" and args.unet_lr:
                 options["learning_rate"] = args.unet_lr
-            train_and_evaluate(f"ct_{variant}_seed{seed}", out, path, [modality, *layers], options)
+            train_and_evaluate(f"ct_{variant}{args.tag}_seed{seed}", out, path, [modality, *layers], options)
 
 
 def pretrain_backbone(args: argparse.Namespace, out: Path, datalist: Path, base: dict[str, Any]) -> str:
@@ -297,8 +297,8 @@ def table_label_efficiency(args: argparse.Namespace) -> None:
             options = {**options, **base, "seed": seed}
             if variant == "unet" and args.unet_lr:
                 options["learning_rate"] = args.unet_lr
-            train_and_evaluate(f"few{args.train_items}_{variant}_seed{seed}", out, few, layers, options)
-        train_and_evaluate(f"few{args.train_items}_lcpdn_pretrained_seed{seed}", out, few, [],
+            train_and_evaluate(f"few{args.train_items}_{variant}{args.tag}_seed{seed}", out, few, layers, options)
+        train_and_evaluate(f"few{args.train_items}_lcpdn_pretrained{args.tag}_seed{seed}", out, few, [],
                            {**base, "seed": seed, "backbone_ckpt": ckpt})
 
 
@@ -522,12 +522,12 @@ def speed_table(records: list[dict[str, Any]], reference: str = "textdiff_faithf
     """Speed rows, with ratios against ``reference`` (the TextDiff-faithful pipeline) of the same run."""
     rows = [r for r in records if "train_images_per_s" in r]
     ref = next((r for r in reversed(rows) if r["pipeline"] == reference), None)
-    lines = [f"| pipeline | trainable params | train images/s | inference s/image | peak RSS GB | "
-             f"train speed vs {reference} | inference speed vs {reference} |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| pipeline | trainable params | train batch | train images/s | inference s/image | peak RSS GB | "
+             f"train speed vs {reference} | inference speed vs {reference} |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratios = (f"{r['train_images_per_s'] / ref['train_images_per_s']:.1f}x | "
                   f"{ref['inference_seconds_per_image'] / r['inference_seconds_per_image']:.1f}x") if ref else "- | -"
-        lines.append(f"| {r['pipeline']} | {r['trainable_parameters'] / 1e6:.2f}M | {r['train_images_per_s']:.3f} | "
+        lines.append(f"| {r['pipeline']} | {r['trainable_parameters'] / 1e6:.2f}M | {r['batch']} | {r['train_images_per_s']:.3f} | "
                      f"{r['inference_seconds_per_image']:.3f} | {r['peak_rss_gb']:.2f} | {ratios} |")
     return "\n".join(lines)
 
@@ -620,7 +620,8 @@ def table_figure(args: argparse.Namespace) -> None:
 def table_report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     parts = []
-    for folder, title, render in (("accuracy", "Accuracy, MoNuSeg", accuracy_table), ("ct", "Accuracy, CT", accuracy_table),
+    for folder, title, render in (("accuracy", "Accuracy, MoNuSeg", accuracy_table),
+                                  ("probes", "Design probes, MoNuSeg", accuracy_table), ("ct", "Accuracy, CT", accuracy_table),
                                   ("label_efficiency", "Label efficiency", accuracy_table), ("speed", "Speed", speed_table),
                                   ("text_encoders", "Text encoders", text_table)):
         records = read_results(out / folder)
@@ -644,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--out", default=out, help="results folder (results.jsonl is appended)")
         q.add_argument("--smoke", action="store_true", help="tiny settings on the committed test fixtures")
         q.add_argument("--set", nargs="*", default=[], help="extra config options key=value for every run")
+        q.add_argument("--tag", default="", help="suffix of the run names (e.g. _t0 for a probe with --set timesteps=[0])")
 
     def pretraining(q: argparse.ArgumentParser, splits: list[str]) -> None:
         q.add_argument("--pretrain-epochs", type=int, default=300)

@@ -241,6 +241,10 @@ class DiffusionFeatureExtractor(nn.Module):
         num_train_timesteps, beta_start, beta_end, schedule: the noise schedule (linear, 1000 steps,
             1e-4..0.02 gives abar = 0.970 / 0.786 / 0.521 at t = 50 / 150 / 250).
         noise_seed: seed of the shared noise eps.
+        training_noise: ``"shared"`` (DDPM-seg / TextDiff: the seeded eps in training too) or ``"fresh"``
+            (in training mode, a new eps per image and step, shared by that image's timesteps; evaluation
+            and inference keep the seeded eps). A trainable backbone can read the fixed eps as an
+            absolute-position code and memorise its training images; fresh noise removes that shortcut.
         trainable: False freezes the backbone (no gradients to its weights, eval mode) except its
             ``cross_attention_modules()``: those read the prompt Q* and belong to CPRFL, which must learn to
             align it with the frozen features (for ADM they are new, zero-initialised layers).
@@ -259,6 +263,7 @@ class DiffusionFeatureExtractor(nn.Module):
         beta_end: float = 0.02,
         schedule: str = "linear_beta",
         noise_seed: int = 0,
+        training_noise: str = "shared",
         trainable: bool = True,
         checkpoint: str | None = None,
         batch_timesteps: bool = True,
@@ -280,6 +285,9 @@ class DiffusionFeatureExtractor(nn.Module):
             num_train_timesteps=num_train_timesteps, schedule=schedule, beta_start=beta_start, beta_end=beta_end
         )
         self.noise_seed = int(noise_seed)
+        if training_noise not in ("shared", "fresh"):
+            raise BundleInputError(f"option training_noise must be 'shared' or 'fresh', got {training_noise!r}")
+        self.training_noise = training_noise
         self.batch_timesteps = bool(batch_timesteps)
         self.stop_early = bool(stop_early)
         self._n_blocks = n_blocks
@@ -328,7 +336,10 @@ class DiffusionFeatureExtractor(nn.Module):
         steps = list(self.timesteps if timesteps is None else timesteps)
         b = x0.shape[0]
         t = torch.tensor(steps, device=x0.device, dtype=torch.long).repeat_interleave(b)
-        eps = self.shared_noise(x0.shape[1:], x0.device, x0.dtype).expand(len(t), *x0.shape[1:])
+        if self.training and self.training_noise == "fresh":
+            eps = torch.randn_like(x0).repeat(len(steps), 1, 1, 1)  # one eps per image, for all its timesteps
+        else:
+            eps = self.shared_noise(x0.shape[1:], x0.device, x0.dtype).expand(len(t), *x0.shape[1:])
         x_t = self.scheduler.add_noise(x0.repeat(len(steps), 1, 1, 1), eps, t)
         return x_t, t
 

@@ -65,6 +65,7 @@ class LCPDN(nn.Module):
         backbone_trainable: fine-tune the backbone (True) or keep it frozen (False).
         backbone_ckpt: local checkpoint of the backbone (e.g. from configs/pretrain_diffusion.json).
         noise_seed: seed of the shared noise eps.
+        training_noise: ``"shared"`` or ``"fresh"`` eps in training (see :class:`DiffusionFeatureExtractor`).
         channels_last: keep weights and activations channels-last (faster convolutions on CPU and GPU).
     """
 
@@ -87,6 +88,7 @@ class LCPDN(nn.Module):
         backbone_trainable: bool = True,
         backbone_ckpt: str | None = None,
         noise_seed: int = 0,
+        training_noise: str = "shared",
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -99,7 +101,13 @@ class LCPDN(nn.Module):
         # frozen encoders are plain attributes: outside state_dict, never trained
         self.text_encoder = text_encoder if text_encoder is not None else TextEncoder()
         self.extractor = DiffusionFeatureExtractor(
-            backbone, timesteps, blocks, noise_seed=noise_seed, trainable=backbone_trainable, checkpoint=backbone_ckpt
+            backbone,
+            timesteps,
+            blocks,
+            noise_seed=noise_seed,
+            training_noise=training_noise,
+            trainable=backbone_trainable,
+            checkpoint=backbone_ckpt,
         )
         cross_dim = getattr(backbone, "cross_attention_dim", None)
         if self.cprfl:

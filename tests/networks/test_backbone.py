@@ -140,3 +140,21 @@ def test_research_pipeline_switches_give_the_same_features():
     x, ctx = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16)
     for a, b in zip(fast(x, context=ctx), slow(x, context=ctx)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fresh_training_noise_changes_per_step_but_evaluation_keeps_the_seeded_eps():
+    fe = DiffusionFeatureExtractor(tiny_backbone(), timesteps=(50, 250), blocks=(0,), training_noise="fresh")
+    x0 = torch.zeros(2, 3, 32, 32)
+    fe.train()
+    first, _ = fe.add_noise(x0)
+    second, _ = fe.add_noise(x0)
+    assert not torch.allclose(first, second)  # a new eps every training step
+    assert not torch.allclose(first[0], first[1])  # and per image
+    abar = fe.scheduler.alphas_cumprod
+    ratio = torch.sqrt((1 - abar[250]) / (1 - abar[50]))
+    assert torch.allclose(first[2], ratio * first[0], atol=1e-5)  # one eps per image across its timesteps
+    fe.eval()
+    shared = DiffusionFeatureExtractor(tiny_backbone(), timesteps=(50, 250), blocks=(0,)).eval()
+    assert torch.equal(fe.add_noise(x0)[0], shared.add_noise(x0)[0])  # inference: the seeded eps, deterministic
+    with pytest.raises(BundleInputError, match="training_noise"):
+        DiffusionFeatureExtractor(tiny_backbone(), blocks=(0,), training_noise="random")

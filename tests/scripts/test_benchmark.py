@@ -52,11 +52,11 @@ def test_parse_sets_and_curve(tmp_path):
 
 
 def test_speed_table_reports_ratios_against_the_textdiff_pipeline():
-    rows = [{"pipeline": "lcpdn", "trainable_parameters": 5e6, "train_images_per_s": 1.0,
+    rows = [{"pipeline": "lcpdn", "trainable_parameters": 5e6, "batch": 4, "train_images_per_s": 1.0,
              "inference_seconds_per_image": 0.2, "peak_rss_gb": 5.0},
-            {"pipeline": "textdiff_faithful", "trainable_parameters": 9e6, "train_images_per_s": 0.25,
+            {"pipeline": "textdiff_faithful", "trainable_parameters": 9e6, "batch": 1, "train_images_per_s": 0.25,
              "inference_seconds_per_image": 1.0, "peak_rss_gb": 6.0}]
     table = benchmark.speed_table(rows)
-    assert "| lcpdn | 5.00M | 1.000 | 0.200 | 5.00 | 4.0x | 5.0x |" in table
-    assert "| textdiff_faithful | 9.00M | 0.250 | 1.000 | 6.00 | 1.0x | 1.0x |" in table
+    assert "| lcpdn | 5.00M | 4 | 1.000 | 0.200 | 5.00 | 4.0x | 5.0x |" in table
+    assert "| textdiff_faithful | 9.00M | 1 | 0.250 | 1.000 | 6.00 | 1.0x | 1.0x |" in table
     assert benchmark.speed_table(rows[:1]).endswith("| - | - |")  # no reference in the run: no ratios
