@@ -47,9 +47,12 @@ TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
 PRETRAIN = str(CONFIGS / "pretrain_diffusion.json")
 
+PAPER_TIMESTEPS = (50, 150, 250)  # LCPDN / TextDiff's feature timesteps
+
 #: accuracy variants: extra config layers on train.json and option overrides
 VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "lcpdn": ([], {}),
+    "lcpdn_paper_timesteps": ([], {"timesteps": list(PAPER_TIMESTEPS)}),
     "unet": ([str(CONFIGS / "baseline" / "unet.json")], {}),
     "cprfl_off": ([str(CONFIGS / "ablation" / "cprfl_off.json")], {}),
     "ltfr_off": ([str(CONFIGS / "ablation" / "ltfr_off.json")], {}),
@@ -364,12 +367,14 @@ def build_pipeline(pipeline: str, smoke: bool, tmp: Path):
     overrides: dict[str, Any] = dict(SMOKE_OPTIONS) if smoke else {}
     if pipeline == "unet":
         layers.append(str(CONFIGS / "baseline" / "unet.json"))
+    elif pipeline == "lcpdn_paper_timesteps":
+        overrides["timesteps"] = list(PAPER_TIMESTEPS)
     elif pipeline.startswith("textdiff_faithful"):
         # TextDiff / FastTextDiff's research pipeline built from our modules: frozen backbone, TextDiff head (768),
         # a BERT-base text encoder re-run on every item of every step (no cache), the full decoder run, and
         # the timesteps one after another
         layers.append(str(CONFIGS / "ablation" / "textdiff_head.json"))
-        overrides.update({"backbone_trainable": False, "text_encoder_path": str(_bert_base_folder("bert", tmp / "bert", smoke)),
+        overrides.update({"backbone_trainable": False, "timesteps": list(PAPER_TIMESTEPS), "text_encoder_path": str(_bert_base_folder("bert", tmp / "bert", smoke)),
                           "text_max_tokens": 10})
         if not smoke:
             overrides["textdiff_width"] = 768
@@ -388,7 +393,7 @@ def build_pipeline(pipeline: str, smoke: bool, tmp: Path):
             blocks = [4, 6, 8, 12] if not smoke else [1, 2]
             from bundle.networks import LCPDN
 
-            net = LCPDN(adm, net.text_encoder, None, blocks=blocks, cprfl=False, fusion="textdiff",
+            net = LCPDN(adm, net.text_encoder, None, blocks=blocks, timesteps=PAPER_TIMESTEPS, cprfl=False, fusion="textdiff",
                         textdiff_width=768 if not smoke else 8, backbone_trainable=False)
             net.text_encoder.cache_size = 0
             net.extractor.batch_timesteps = False
@@ -501,20 +506,27 @@ def _mean_spread(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * half:.2f}"
 
 
+def _best_epoch(record: dict[str, Any]) -> str:
+    """Epoch (1-based) of the best validation Dice in a run's curve, or "-" when it has none."""
+    curve = (record.get("curve") or {}).get("val_mean_dice") or []
+    return str(max(range(len(curve)), key=curve.__getitem__) + 1) if curve else "-"
+
+
 def accuracy_table(records: list[dict[str, Any]], prefix: str = "") -> str:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if "metrics" in r:
             groups.setdefault(re.sub(r"_seed\d+$", "", r["name"]), []).append(r)
-    lines = ["| configuration | seeds | per-image Dice | per-image IoU | global Dice | global IoU | train min | peak RSS GB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | seeds | per-image Dice | per-image IoU | global Dice | global IoU | best epoch | train min | peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, runs in groups.items():
         metric = lambda k: [r["metrics"][k] for r in runs if r["metrics"].get(k) is not None]  # noqa: E731
         minutes = sum(r["train"]["seconds"] for r in runs) / len(runs) / 60
         rss = max(r["train"]["peak_rss_gb"] for r in runs)
+        best = [_best_epoch(r) for r in runs]
         lines.append(f"| {prefix}{name} | {len(runs)} | {_mean_spread(metric('per_image_mean_dice'))} | "
                      f"{_mean_spread(metric('per_image_mean_iou'))} | {_mean_spread(metric('global_dice'))} | "
-                     f"{_mean_spread(metric('global_iou'))} | {minutes:.1f} | {rss:.1f} |")
+                     f"{_mean_spread(metric('global_iou'))} | {', '.join(best)} | {minutes:.1f} | {rss:.1f} |")
     return "\n".join(lines)
 
 
@@ -541,11 +553,20 @@ def text_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
+def _pyplot():
+    """matplotlib's pyplot (headless), or a one-line error naming the extra that installs it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise BundleInputError("figures need matplotlib: pip install -e \".[bench]\"") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in records:
@@ -565,13 +586,11 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
 
 def table_figure(args: argparse.Namespace) -> None:
     """Predictions vs ground truth on validation images for trained runs (one row per image)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
     from monai.bundle import ConfigParser
     from skimage.segmentation import find_boundaries
+
+    plt = _pyplot()
 
     records = {r["name"]: r for r in read_results(Path(args.results)) if "metrics" in r}
     runs = [records[name] for name in args.runs]
@@ -623,6 +642,7 @@ def table_report(args: argparse.Namespace) -> None:
     for folder, title, render in (("accuracy", "Accuracy, MoNuSeg", accuracy_table),
                                   ("probes", "Design probes, MoNuSeg", accuracy_table), ("ct", "Accuracy, CT", accuracy_table),
                                   ("label_efficiency", "Label efficiency", accuracy_table), ("speed", "Speed", speed_table),
+                                  ("speed_batch4", "Speed, training batch 4", speed_table),
                                   ("text_encoders", "Text encoders", text_table)):
         records = read_results(out / folder)
         if records:
@@ -682,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretraining(q, splits=["training", "validation", "testing"])
     q = sub.add_parser("speed", help="training images/s, inference latency and peak RSS per pipeline")
     common(q, "bench/speed")
-    q.add_argument("--pipelines", nargs="+", default=["lcpdn", "unet", "textdiff_faithful", "textdiff_faithful_adm"])
+    q.add_argument("--pipelines", nargs="+", default=["lcpdn", "lcpdn_paper_timesteps", "unet", "textdiff_faithful", "textdiff_faithful_adm"],
+                   choices=["lcpdn", "lcpdn_paper_timesteps", "unet", "textdiff_faithful", "textdiff_faithful_adm"])
     q.add_argument("--steps", type=int, default=3)
     q.add_argument("--batch", type=int, default=4)
     q.add_argument("--repeats", type=int, default=5)

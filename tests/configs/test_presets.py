@@ -66,6 +66,9 @@ def test_adm_presets_build_a_frozen_adm_with_the_published_blocks(preset, blocks
     parser["backbone"].update({"model_channels": 32, "num_head_channels": 16})  # same topology, small width
     net = parser.get_parsed_content("network_def")
     assert type(net.extractor.backbone).__name__ == "ADMUNet" and net.extractor.blocks == blocks
+    # the published setting: a frozen generative backbone read at three noise levels (the default trains
+    # its backbone and reads the clean image, t = 0: docs/benchmarks.md)
+    assert list(net.extractor.timesteps) == [50, 150, 250] and parse()["timesteps"] == [0]
     adm = net.extractor.backbone
     cross = sum(p.numel() for m in adm.cross_attention_modules() for p in m.parameters() if p.requires_grad)
     assert 0 < net.parameter_report()["backbone"] == cross  # frozen ADM; only the added cross-attention trains

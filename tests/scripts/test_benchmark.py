@@ -60,3 +60,15 @@ def test_speed_table_reports_ratios_against_the_textdiff_pipeline():
     assert "| lcpdn | 5.00M | 4 | 1.000 | 0.200 | 5.00 | 4.0x | 5.0x |" in table
     assert "| textdiff_faithful | 9.00M | 1 | 0.250 | 1.000 | 6.00 | 1.0x | 1.0x |" in table
     assert benchmark.speed_table(rows[:1]).endswith("| - | - |")  # no reference in the run: no ratios
+
+
+def test_accuracy_table_reports_the_best_epoch():
+    record = {"name": "lcpdn_seed0", "train": {"seconds": 120.0, "peak_rss_gb": 3.0}, "curve": {"val_mean_dice": [0.5, 0.7, 0.6]},
+              "metrics": {"per_image_mean_dice": 0.7, "per_image_mean_iou": 0.55, "global_dice": 0.72, "global_iou": 0.56}}
+    assert "| lcpdn | 1 | 70.00 | 55.00 | 72.00 | 56.00 | 2 | 2.0 | 3.0 |" in benchmark.accuracy_table([record])
+
+
+@pytest.mark.parametrize("pipeline", ["lcpdn_paper_timesteps", "textdiff_faithful"])
+def test_paper_timestep_pipelines_do_not_follow_the_default(tmp_path, pipeline):
+    net, needs_text = benchmark.build_pipeline(pipeline, smoke=True, tmp=tmp_path)
+    assert tuple(net.extractor.timesteps) == benchmark.PAPER_TIMESTEPS and needs_text
