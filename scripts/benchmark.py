@@ -60,6 +60,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "textdiff_head": ([str(CONFIGS / "ablation" / "textdiff_head.json")], {"textdiff_width": 64}),
 }
 
+#: speed pipelines: the default, the paper's timesteps, the UNet baseline and the TextDiff-faithful pipelines
+PIPELINES = ("lcpdn", "lcpdn_paper_timesteps", "unet", "textdiff_faithful", "textdiff_faithful_adm")
+
 #: tiny settings for --smoke runs and the tests (a 32 px network)
 SMOKE_OPTIONS: dict[str, Any] = {
     "backbone_channels": [8, 16],
@@ -365,10 +368,9 @@ def build_pipeline(pipeline: str, smoke: bool, tmp: Path):
     parser = ConfigParser()
     layers = [TRAIN]
     overrides: dict[str, Any] = dict(SMOKE_OPTIONS) if smoke else {}
-    if pipeline == "unet":
-        layers.append(str(CONFIGS / "baseline" / "unet.json"))
-    elif pipeline == "lcpdn_paper_timesteps":
-        overrides["timesteps"] = list(PAPER_TIMESTEPS)
+    if pipeline in VARIANTS:  # lcpdn, lcpdn_paper_timesteps, unet: the accuracy tables' configurations
+        layers += VARIANTS[pipeline][0]
+        overrides.update(VARIANTS[pipeline][1])
     elif pipeline.startswith("textdiff_faithful"):
         # TextDiff / FastTextDiff's research pipeline built from our modules: frozen backbone, TextDiff head (768),
         # a BERT-base text encoder re-run on every item of every step (no cache), the full decoder run, and
@@ -702,8 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretraining(q, splits=["training", "validation", "testing"])
     q = sub.add_parser("speed", help="training images/s, inference latency and peak RSS per pipeline")
     common(q, "bench/speed")
-    q.add_argument("--pipelines", nargs="+", default=["lcpdn", "lcpdn_paper_timesteps", "unet", "textdiff_faithful", "textdiff_faithful_adm"],
-                   choices=["lcpdn", "lcpdn_paper_timesteps", "unet", "textdiff_faithful", "textdiff_faithful_adm"])
+    q.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     q.add_argument("--steps", type=int, default=3)
     q.add_argument("--batch", type=int, default=4)
     q.add_argument("--repeats", type=int, default=5)
