@@ -53,6 +53,8 @@ PAPER_TIMESTEPS = (50, 150, 250)  # LCPDN / TextDiff's feature timesteps
 VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "lcpdn": ([], {}),
     "lcpdn_paper_timesteps": ([], {"timesteps": list(PAPER_TIMESTEPS)}),
+    # the frozen image encoder's stride 2-16 feature maps as extra LTFR scales (not in the paper)
+    "lcpdn_encoder_scales": ([], {"encoder_scales": [0, 1, 2, 3]}),
     "unet": ([str(CONFIGS / "baseline" / "unet.json")], {}),
     "cprfl_off": ([str(CONFIGS / "ablation" / "cprfl_off.json")], {}),
     "ltfr_off": ([str(CONFIGS / "ablation" / "ltfr_off.json")], {}),

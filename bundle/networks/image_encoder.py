@@ -12,6 +12,10 @@ download anything; a missing file is an error that names the option):
 
 Inputs are the bundle's images in [-1, 1]; each encoder resizes to its own resolution and applies
 its own normalisation.
+
+Convolutional encoders also give multi-scale feature maps from the same frozen pass
+(:meth:`ImageEncoder.encode`), the optional "encoder scales" that LCPDN fuses next to the diffusion
+features (a deviation from the paper, see docs/network.md).
 """
 
 from __future__ import annotations
@@ -39,13 +43,27 @@ class ImageEncoder:
 
     Like :class:`~bundle.networks.text_encoder.TextEncoder` it is kept out of the network's
     ``state_dict`` and follows the input's device.
+
+    ``maps_fn(model, x, indices) -> (final features, [maps])`` and ``map_channels`` describe the
+    encoder's feature maps per stage (convolutional encoders only; None where it has none).
     """
 
     def __init__(
-        self, model: nn.Module, tokens_fn, size: int, mean: Sequence[float], std: Sequence[float], dim: int, name: str
+        self,
+        model: nn.Module,
+        tokens_fn,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        dim: int,
+        name: str,
+        maps_fn=None,
+        map_channels: Sequence[int] | None = None,
     ) -> None:
         self.model = model.requires_grad_(False).eval()
         self._tokens_fn = tokens_fn
+        self._maps_fn = maps_fn
+        self.map_channels = list(map_channels) if map_channels is not None else []
         self.size = int(size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -54,6 +72,34 @@ class ImageEncoder:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [-1, 1] -> patch tokens (B, M, D_i)."""
+        with torch.no_grad():
+            return self._tokens_fn(self.model, self._prepare(image)).float()
+
+    def check_scales(self, scales: Sequence[int], option: str = "encoder_scales") -> list[int]:
+        """Validated stage indices of :meth:`encode` (0 = the finest feature map)."""
+        scales = [int(s) for s in scales]
+        if scales and self._maps_fn is None:
+            raise BundleInputError(
+                f"{self.name} gives no multi-scale feature maps (option {option}): use the convolutional "
+                f"image encoder efficientnet_lite0, or set {option} to []"
+            )
+        bad = [s for s in scales if not 0 <= s < len(self.map_channels)]
+        if bad or len(set(scales)) != len(scales):
+            raise BundleInputError(
+                f"{option} {scales}: stages of {self.name} are 0..{len(self.map_channels) - 1}, each at most once"
+            )
+        return sorted(scales)
+
+    def encode(self, image: torch.Tensor, scales: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One frozen pass: patch tokens (B, M, D_i) and the feature maps of stages ``scales`` (finest first)."""
+        if not scales:
+            return self(image), []
+        with torch.no_grad():
+            final, maps = self._maps_fn(self.model, self._prepare(image), sorted(scales))
+            return final.flatten(2).transpose(1, 2).float(), [m.float() for m in maps]
+
+    def _prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images -> the encoder's size and normalisation, on the encoder's device."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image encoder expects (B, 3, H, W) images, got {tuple(image.shape)}")
         if next(self.model.parameters()).device != image.device:
@@ -61,9 +107,7 @@ class ImageEncoder:
         x = (image.float() + 1) / 2  # [0, 1]
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        with torch.no_grad():
-            return self._tokens_fn(self.model, x).float()
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
 def _missing(path: str | None, what: str) -> BundleInputError:
@@ -104,6 +148,9 @@ def _efficientnet_lite0(path: str | None) -> ImageEncoder:
         cfg.get("std", (0.5, 0.5, 0.5)),
         model.num_features,
         "tf_efficientnet_lite0",
+        # stages at strides 2, 4, 8, 16, 32 (16, 24, 40, 112, 320 channels)
+        maps_fn=lambda m, x, indices: m.forward_intermediates(x, indices=list(indices)),
+        map_channels=[info["num_chs"] for info in model.feature_info],
     )
 
 

@@ -3,6 +3,7 @@
     text ──TextEncoder──► F^T ─┬──────────────────────────────┐
     image ─ImageEncoder─► F^I ─┴► AlignmentPrompt (Eq. 1-5) ─► P, Q*
     image ─(noise at t ∈ T)──► DiffusionFeatureExtractor(P, Q*) (Eq. 6) ─► F_img per block
+    [optional: the image encoder's own feature maps, ``encoder_scales``, as extra F_img scales]
     F_img, F^T ─► LTFR per scale (Eq. 7-10) ─► upsample + concat (Eq. 11) ─► PixelClassifier ─► logits
 
 Ablations of the paper's Table 2 and the TextDiff-style variant are constructor switches:
@@ -67,6 +68,9 @@ class LCPDN(nn.Module):
         noise_seed: seed of the shared noise eps.
         training_noise: ``"shared"`` or ``"fresh"`` eps in training (see :class:`DiffusionFeatureExtractor`).
         channels_last: keep weights and activations channels-last (faster convolutions on CPU and GPU).
+        encoder_scales: stages of the frozen image encoder whose feature maps join the diffusion
+            features as extra LTFR scales (not in the paper; ``()`` = the paper). For EfficientNet-Lite0
+            stage k is at stride 2^(k+1). Needs a convolutional image encoder; built also without CPRFL.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class LCPDN(nn.Module):
         noise_seed: int = 0,
         training_noise: str = "shared",
         channels_last: bool = True,
+        encoder_scales: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -121,9 +126,12 @@ class LCPDN(nn.Module):
         else:
             if cross_dim:
                 raise BundleInputError("with cprfl false the backbone must have no cross-attention (cross_attention_dim null)")
-            self.image_encoder = None
+            self.image_encoder = image_encoder if encoder_scales else None
             self.alignment = None
-        in_channels = self.extractor.out_channels
+        if encoder_scales and self.image_encoder is None:
+            self.image_encoder = build_image_encoder()
+        self.encoder_scales = self.image_encoder.check_scales(encoder_scales) if encoder_scales else []
+        in_channels = self.extractor.out_channels + [self.image_encoder.map_channels[s] for s in self.encoder_scales]
         text_dim = self.text_encoder.dim
         if fusion == "textdiff":
             self.fusion = None
@@ -163,11 +171,15 @@ class LCPDN(nn.Module):
         tokens, mask = self.encode_text(text, image.shape[0], image.device)  # (B, N, D_t), (B, N)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
+        maps: list[torch.Tensor] = []
+        if self.image_encoder is not None:  # one frozen pass: tokens for CPRFL, maps for the encoder scales
+            image_tokens, maps = self.image_encoder.encode(image, self.encoder_scales)
         if self.cprfl:
-            prompt = self.alignment(tokens, mask, self.image_encoder(image))  # Eq. 1-5
+            prompt = self.alignment(tokens, mask, image_tokens)  # Eq. 1-5
             feats = self.extractor(image, emb_offset=prompt.offset, context=prompt.tokens)  # Eq. 6
         else:
             feats = self.extractor(image)
+        feats = [*feats, *maps]
         if self.fusion is None:
             return self.classifier(feats, tokens, mask, (h, w))
         return self.classifier(self.fusion(feats, tokens, mask, (h, w)))  # Eq. 7-11 + classifier

