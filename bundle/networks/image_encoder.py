@@ -95,7 +95,7 @@ class ImageEncoder:
         if not scales:
             return self(image), []
         with torch.no_grad():
-            final, maps = self._maps_fn(self.model, self._prepare(image), sorted(scales))
+            final, maps = self._maps_fn(self.model, self._prepare(image), scales)
             return final.flatten(2).transpose(1, 2).float(), [m.float() for m in maps]
 
     def _prepare(self, image: torch.Tensor) -> torch.Tensor:

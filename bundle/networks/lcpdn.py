@@ -115,21 +115,22 @@ class LCPDN(nn.Module):
             checkpoint=backbone_ckpt,
         )
         cross_dim = getattr(backbone, "cross_attention_dim", None)
-        if self.cprfl:
-            if not cross_dim:
-                raise BundleInputError(
-                    "CPRFL feeds the aligned prompt to cross-attention: build the backbone with cross_attention_dim "
-                    "(= the prompt width), or set cprfl false"
-                )
+        if self.cprfl and not cross_dim:
+            raise BundleInputError(
+                "CPRFL feeds the aligned prompt to cross-attention: build the backbone with cross_attention_dim "
+                "(= the prompt width), or set cprfl false"
+            )
+        if not self.cprfl and cross_dim:
+            raise BundleInputError("with cprfl false the backbone must have no cross-attention (cross_attention_dim null)")
+        # the frozen image encoder gives CPRFL its tokens and the encoder scales their feature maps
+        self.image_encoder = None
+        if self.cprfl or encoder_scales:
             self.image_encoder = image_encoder if image_encoder is not None else build_image_encoder()
-            self.alignment = AlignmentPrompt(self.text_encoder.dim, self.image_encoder.dim, cross_dim, backbone.time_embed_dim)
-        else:
-            if cross_dim:
-                raise BundleInputError("with cprfl false the backbone must have no cross-attention (cross_attention_dim null)")
-            self.image_encoder = image_encoder if encoder_scales else None
-            self.alignment = None
-        if encoder_scales and self.image_encoder is None:
-            self.image_encoder = build_image_encoder()
+        self.alignment = (
+            AlignmentPrompt(self.text_encoder.dim, self.image_encoder.dim, cross_dim, backbone.time_embed_dim)
+            if self.cprfl
+            else None
+        )
         self.encoder_scales = self.image_encoder.check_scales(encoder_scales) if encoder_scales else []
         in_channels = self.extractor.out_channels + [self.image_encoder.map_channels[s] for s in self.encoder_scales]
         text_dim = self.text_encoder.dim
