@@ -668,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(q: argparse.ArgumentParser, out: str) -> None:
         q.add_argument("--out", default=out, help="results folder (results.jsonl is appended)")
         q.add_argument("--smoke", action="store_true", help="tiny settings on the committed test fixtures")
-        q.add_argument("--set", nargs="*", default=[], help="extra config options key=value for every run")
+        q.add_argument("--set", action="extend", nargs="+", default=[], help="extra config options key=value for every run (repeatable)")
         q.add_argument("--tag", default="", help="suffix of the run names (e.g. _t0 for a probe with --set timesteps=[0])")
 
     def pretraining(q: argparse.ArgumentParser, splits: list[str]) -> None:

@@ -51,6 +51,12 @@ def test_parse_sets_and_curve(tmp_path):
     assert json.loads(json.dumps(benchmark.machine()))["cores"] >= 1
 
 
+def test_repeated_set_options_accumulate():
+    args = benchmark.build_parser().parse_args(
+        ["accuracy", "--set", "backbone_res_blocks=2", "--set", "blocks=[3, 6]", "epochs=2"])
+    assert benchmark.parse_sets(args.set) == {"backbone_res_blocks": 2, "blocks": [3, 6], "epochs": 2}
+
+
 def test_speed_table_reports_ratios_against_the_textdiff_pipeline():
     rows = [{"pipeline": "lcpdn", "trainable_parameters": 5e6, "batch": 4, "train_images_per_s": 1.0,
              "inference_seconds_per_image": 0.2, "peak_rss_gb": 5.0},
