@@ -30,6 +30,15 @@ from ..utils import check_state_dict, read_checkpoint
 __all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
 
 
+def _group_to_batch_norm(module: nn.Module) -> None:
+    """Replace, in place, every ``GroupNorm`` under ``module`` by a ``BatchNorm2d`` over the same channels."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, nn.BatchNorm2d(child.num_channels, eps=child.eps, affine=child.affine))
+        else:
+            _group_to_batch_norm(child)
+
+
 @runtime_checkable
 class DecoderFeatureBackbone(Protocol):
     """What :class:`DiffusionFeatureExtractor` needs from a diffusion UNet."""
@@ -83,6 +92,9 @@ class MonaiDiffusionBackbone(nn.Module):
         attention_levels: which levels carry attention (cross-attention when ``cross_attention_dim``).
         num_res_blocks: residual blocks per encoder level (the decoder has one more per level).
         cross_attention_dim: width of context tokens; ``None`` builds a UNet without cross-attention.
+        norm: ``"group"`` (``DiffusionModelUNet``'s GroupNorm, what diffusion checkpoints expect) or
+            ``"batch"``: every GroupNorm replaced by a BatchNorm over the same channels, for a backbone
+            trained from scratch as a segmentation network (docs/benchmarks.md section 2).
         kwargs: any other ``DiffusionModelUNet`` argument (``norm_num_groups``, ``num_head_channels``...).
     """
 
@@ -95,9 +107,12 @@ class MonaiDiffusionBackbone(nn.Module):
         cross_attention_dim: int | None = None,
         num_head_channels: Sequence[int] | int = 32,
         norm_num_groups: int = 16,
+        norm: str = "group",
         **kwargs,
     ) -> None:
         super().__init__()
+        if norm not in ("group", "batch"):
+            raise BundleInputError(f"backbone norm {norm!r}: expected 'group' or 'batch'")
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=in_channels,
@@ -111,6 +126,8 @@ class MonaiDiffusionBackbone(nn.Module):
             norm_num_groups=norm_num_groups,
             **kwargs,
         )
+        if norm == "batch":
+            _group_to_batch_norm(self.unet)
         self.in_channels = in_channels
         self.cross_attention_dim = cross_attention_dim
         self.time_embed_dim = self.unet.time_embed[-1].out_features
@@ -204,7 +221,7 @@ def load_backbone_weights(
     path: str | os.PathLike | None,
     option: str = "backbone_ckpt",
     what: str = "backbone checkpoint",
-    hint: str = "Check that the backbone options (channels, attention levels, cross_attention_dim / cprfl) match "
+    hint: str = "Check that the backbone options (channels, attention levels, norm, cross_attention_dim / cprfl) match "
     "the run that wrote this checkpoint.",
 ) -> nn.Module:
     """Load a backbone checkpoint from a local file; any mismatch is one error naming the first bad key.

@@ -57,6 +57,8 @@ def test_baseline_and_ablation_layers_build(tiny_network_options):
                          ("ablation/textdiff_head.json", lambda n: n.fusion is None and not n.cprfl)):
         net = parse(layer, **tiny_network_options).get_parsed_content("network_def")
         assert check(net), layer
+    net = parse(backbone_norm="batch", **tiny_network_options).get_parsed_content("network_def")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.extractor.backbone.modules())
 
 
 @pytest.mark.parametrize("preset,blocks", [("monuseg", [6, 8, 12, 16]), ("qata_mosmed", [4, 6, 8, 12])])

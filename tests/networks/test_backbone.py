@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bundle.errors import BundleInputError
-from bundle.networks.backbone import DiffusionFeatureExtractor, MonaiDiffusionBackbone
+from bundle.networks.backbone import DiffusionFeatureExtractor, MonaiDiffusionBackbone, load_backbone_weights
 
 
 def tiny_backbone(cross_attention_dim=16):
@@ -118,6 +118,29 @@ def test_bad_blocks_and_timesteps_are_clear_errors():
         DiffusionFeatureExtractor(tiny_backbone(), blocks=(99,))
     with pytest.raises(BundleInputError, match="timesteps"):
         DiffusionFeatureExtractor(tiny_backbone(), timesteps=(1000,), blocks=(0,))
+
+
+def test_batch_norm_backbone_replaces_every_group_norm_and_keeps_the_block_layout(tmp_path):
+    group = tiny_backbone()
+    torch.manual_seed(0)
+    batch = MonaiDiffusionBackbone(3, (8, 16, 16), (False, False, True), 1, cross_attention_dim=16,
+                                   num_head_channels=8, norm_num_groups=8, norm="batch")
+    n_group = sum(isinstance(m, torch.nn.GroupNorm) for m in group.modules())
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in batch.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in batch.modules()) == n_group > 0
+    assert batch.decoder_block_channels() == group.decoder_block_channels()
+    n = len(batch.decoder_block_channels())
+    x, t, ctx = torch.randn(2, 3, 32, 32), torch.tensor([0, 0]), torch.randn(2, 4, 16)
+    feats = batch.decoder_features(x, t, list(range(n)), context=ctx)  # training mode: batch statistics
+    assert [f.shape[1] for f in feats] == batch.decoder_block_channels()
+    batch.eval()  # evaluation: running statistics, so an image's features do not depend on its batch
+    alone = batch.decoder_features(x[:1], t[:1], [n - 1], context=ctx[:1])[0]
+    assert torch.allclose(batch.decoder_features(x, t, [n - 1], context=ctx)[0][:1], alone, atol=1e-5)
+    with pytest.raises(BundleInputError, match="norm"):
+        MonaiDiffusionBackbone(3, (8, 16, 16), (False, False, True), 1, norm_num_groups=8, norm="layer")
+    torch.save(group.unet.state_dict(), tmp_path / "group.pt")  # a GroupNorm stage-1 checkpoint
+    with pytest.raises(BundleInputError, match="norm"):
+        load_backbone_weights(batch, tmp_path / "group.pt")
 
 
 def test_modules_after_the_last_block_are_not_trainable():
