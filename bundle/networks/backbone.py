@@ -94,7 +94,7 @@ class MonaiDiffusionBackbone(nn.Module):
         cross_attention_dim: width of context tokens; ``None`` builds a UNet without cross-attention.
         norm: ``"group"`` (``DiffusionModelUNet``'s GroupNorm, what diffusion checkpoints expect) or
             ``"batch"``: every GroupNorm replaced by a BatchNorm over the same channels, for a backbone
-            trained from scratch as a segmentation network (docs/benchmarks.md section 2).
+            trained from scratch as a segmentation network (measured worse: docs/benchmarks.md section 2).
         kwargs: any other ``DiffusionModelUNet`` argument (``norm_num_groups``, ``num_head_channels``...).
     """
 
