@@ -73,11 +73,12 @@ def test_kill_9_then_resume_loses_nothing(run_options, tmp_path):
     resumed = subprocess.run(cmd + ["--resume", "True"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
-    assert "Restored all variables" in log
-    assert f"Epoch[{done + 1}]" in log and "Epoch[1] Metrics" not in log  # continues, does not restart
+    context = f"killed after epoch {done} (best {best}), files {sorted(f.name for f in models.iterdir())}:\n{log[-3000:]}"
+    assert "Restored all variables" in log, context
+    assert f"Epoch[{done + 1}]" in log and "Epoch[1] Metrics" not in log, context  # continues, does not restart
     final = torch.load(models / "checkpoint_epoch=6.pt", weights_only=True)
-    assert final["trainer"]["iteration"] // final["trainer"]["epoch_length"] == 6
-    assert final["best"]["best_metric"] >= best  # the best metric survived the kill
+    assert final["trainer"]["iteration"] // final["trainer"]["epoch_length"] == 6, context
+    assert final["best"]["best_metric"] >= best, context  # the best metric survived the kill
 
 
 def test_resume_without_checkpoint_is_a_clear_error(run_options):
