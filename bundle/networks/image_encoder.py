@@ -44,7 +44,7 @@ class ImageEncoder:
     Like :class:`~bundle.networks.text_encoder.TextEncoder` it is kept out of the network's
     ``state_dict`` and follows the input's device.
 
-    ``maps_fn(model, x, indices) -> (final features, [maps])`` and ``map_channels`` describe the
+    ``maps_fn(model, x, indices) -> (patch tokens, [maps])`` and ``map_channels`` describe the
     encoder's feature maps per stage (convolutional encoders only; None where it has none).
     """
 
@@ -95,8 +95,8 @@ class ImageEncoder:
         if not scales:
             return self(image), []
         with torch.no_grad():
-            final, maps = self._maps_fn(self.model, self._prepare(image), scales)
-            return final.flatten(2).transpose(1, 2).float(), [m.float() for m in maps]
+            tokens, maps = self._maps_fn(self.model, self._prepare(image), scales)
+            return tokens.float(), [m.float() for m in maps]
 
     def _prepare(self, image: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> the encoder's size and normalisation, on the encoder's device."""
@@ -140,16 +140,24 @@ def _efficientnet_lite0(path: str | None) -> ImageEncoder:
         state = dict(zip(target, state.values()))
     model.load_state_dict(state)
     cfg = model.pretrained_cfg
+
+    def grid_tokens(features: torch.Tensor) -> torch.Tensor:
+        return features.flatten(2).transpose(1, 2)  # (B, 1280, 7, 7) -> (B, 49, 1280)
+
+    def tokens_and_maps(m: nn.Module, x: torch.Tensor, indices: Sequence[int]):
+        final, maps = m.forward_intermediates(x, indices=list(indices))
+        return grid_tokens(final), maps
+
     return ImageEncoder(
         model,
-        lambda m, x: m.forward_features(x).flatten(2).transpose(1, 2),  # (B, 1280, 7, 7) -> (B, 49, 1280)
+        lambda m, x: grid_tokens(m.forward_features(x)),
         cfg.get("input_size", (3, 224, 224))[-1],
         cfg.get("mean", (0.5, 0.5, 0.5)),
         cfg.get("std", (0.5, 0.5, 0.5)),
         model.num_features,
         "tf_efficientnet_lite0",
         # stages at strides 2, 4, 8, 16, 32 (16, 24, 40, 112, 320 channels)
-        maps_fn=lambda m, x, indices: m.forward_intermediates(x, indices=list(indices)),
+        maps_fn=tokens_and_maps,
         map_channels=[info["num_chs"] for info in model.feature_info],
     )
 
