@@ -6,6 +6,8 @@
   and renaming it, so a kill never leaves a half-written checkpoint.
 - :class:`BestMetricState` + :func:`latest_checkpoint`: what ``--resume`` needs beyond model,
   optimizer and trainer counters (the best validation metric and the best-model saver's memory).
+- :class:`InputErrorHandler`: the first ``EXCEPTION_RAISED`` handler of every engine, so a user's input
+  error ends the run with its one ``ERROR:`` line (bundle/errors.py), not a logged traceback.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.inferers import SimpleInferer
 
-from .errors import BundleInputError
+from .errors import BundleInputError, find_input_error
 from .utils import atomic_write, check_state_dict, read_checkpoint
 
 __all__ = [
+    "InputErrorHandler",
     "TextInferer",
     "ProgressBar",
     "AtomicCheckpointSaver",
@@ -58,6 +61,28 @@ class TextInferer(SimpleInferer):
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, text: Any = None, **kwargs: Any) -> Any:
         return network(inputs, *args, text=self.text if self.text is not None else text, **kwargs)
+
+
+class InputErrorHandler:
+    """Re-raises an engine's exception before MONAI's handlers log it, a user's input error as itself.
+
+    ignite calls the ``EXCEPTION_RAISED`` handlers in the order they were attached and stops at the first
+    that raises; listed first in an engine's handlers, this one raises the :class:`BundleInputError`
+    found in the exception chain (or the exception itself), so ``StatsHandler`` never logs a traceback
+    and ``CheckpointSaver`` writes no "final" checkpoint of a run that failed on its input. With
+    ``LCPDN_TRACEBACK=1`` it stands aside.
+    """
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Any, e: BaseException) -> None:
+        message = find_input_error(e)
+        if message is None or os.environ.get("LCPDN_TRACEBACK"):
+            raise e
+        raise BundleInputError(message) from e
 
 
 class ProgressBar(_IgniteProgressBar):

@@ -1,16 +1,20 @@
 """One exception type for every problem a user can fix (bad file, bad override, missing weights).
 
-Processes that ``import bundle`` (every config does) print such an error as one line instead of a deep
-stack trace; set ``LCPDN_TRACEBACK=1`` to see the full traceback.
+Processes that ``import bundle`` (every config does) end on an uncaught error with exit status 1 and,
+for a :class:`BundleInputError`, one ``ERROR:`` line instead of a deep stack trace; set
+``LCPDN_TRACEBACK=1`` to see the full traceback. :class:`InputErrorLogFilter`, put on the root logger's
+handlers (those of ``configs/logging.conf``), drops the log records that ignite and MONAI's handlers
+write while such an error unwinds an engine, so the ERROR line is the only one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from types import TracebackType
 
-__all__ = ["BundleInputError", "find_input_error", "install_excepthook"]
+__all__ = ["BundleInputError", "InputErrorLogFilter", "find_input_error", "install_excepthook"]
 
 _PREFIX = "BundleInputError: "
 
@@ -37,17 +41,63 @@ def find_input_error(exc: BaseException | None) -> str | None:
     return None
 
 
+def _tracebacks_wanted() -> bool:
+    return bool(os.environ.get("LCPDN_TRACEBACK"))
+
+
+class InputErrorLogFilter(logging.Filter):
+    """Drops ERROR records logged while a :class:`BundleInputError` is being handled.
+
+    ignite logs "Engine run is terminating due to exception" and MONAI's ``StatsHandler`` logs the full
+    traceback from inside the ``except`` block that handles the error; both are dropped here (unless
+    ``LCPDN_TRACEBACK=1``), and the excepthook prints the one ``ERROR:`` line at exit.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _tracebacks_wanted() and record.levelno >= logging.ERROR:
+            exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+            if find_input_error(exc) is not None:
+                return False
+        return True
+
+
+def _is_quiet_rank() -> bool:
+    """A torchrun worker other than rank 0: rank 0 alone reports, so an error prints once."""
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
 def _excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, _default=sys.excepthook
 ) -> None:
-    message = find_input_error(exc)
-    if message is None or os.environ.get("LCPDN_TRACEBACK"):
+    if issubclass(exc_type, KeyboardInterrupt):
         _default(exc_type, exc, tb)
         return
-    print(f"ERROR: {message}\n(set LCPDN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+    message = find_input_error(exc)
+    if message is None or _tracebacks_wanted():
+        _default(exc_type, exc, tb)
+    elif not _is_quiet_rank():
+        print(f"ERROR: {message}\n(set LCPDN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+    # a failed run exits 1, never by a signal: interpreter shutdown with library threads still running
+    # (ITK's pool, data-loading threads) can end in std::terminate (SIGABRT) once output is a pipe
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(1)
+
+
+_LOG_FILTER = InputErrorLogFilter()
 
 
 def install_excepthook() -> None:
-    """Print uncaught :class:`BundleInputError` chains as one line (idempotent)."""
+    """End uncaught errors with status 1, :class:`BundleInputError` chains as one line (idempotent).
+
+    Also puts :class:`InputErrorLogFilter` on the root logger's handlers (``monai.bundle run`` has set
+    them up from ``configs/logging.conf`` before the configs import this package).
+    """
     if sys.excepthook is not _excepthook and sys.excepthook is sys.__excepthook__:
         sys.excepthook = _excepthook
+    for handler in logging.getLogger().handlers:
+        if _LOG_FILTER not in handler.filters:
+            handler.addFilter(_LOG_FILTER)

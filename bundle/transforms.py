@@ -6,15 +6,17 @@ Everything else (reading, resizing, intensity windows, augmentation) is stock MO
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImaged, MapTransform
+from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
 
-from .data import DEFAULT_TEXT, check_modality, check_text
+from . import dihedral
+from .data import DEFAULT_TEXT, RASTER_SUFFIXES, check_modality, check_text
 from .errors import BundleInputError
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "InvertMonochrome1d",
     "BinaryMaskd",
     "EnsureTextd",
+    "RandDihedralTextd",
+    "CTWindowd",
 ]
 
 
@@ -36,6 +40,12 @@ class LoadImageCheckedd(LoadImaged):
     """:class:`monai.transforms.LoadImaged` whose read failures name the file and say what to do."""
 
     def __call__(self, data: Mapping[Hashable, Any], reader=None) -> dict[Hashable, Any]:
+        for key in self.key_iterator(dict(data)):
+            if isinstance(data[key], (str, os.PathLike)) and os.path.isdir(data[key]):
+                raise BundleInputError(
+                    f"{key} '{data[key]}' is a folder: give an image file (a DICOM series or CT volume is cut "
+                    "into 2D slices with scripts/slice_ct.py)"
+                )
         try:
             return super().__call__(data, reader)
         except Exception as e:
@@ -54,8 +64,17 @@ class Ensure2Dd(MapTransform):
     """Channel-first 2D check: drop singleton extra spatial axes, reject real 3D volumes.
 
     Expects (C, H, W) after ``EnsureChannelFirstd``; (C, H, W, 1) (single-frame DICOM / 2D NIfTI
-    saved as 3D) becomes (C, H, W).
+    saved as 3D) becomes (C, H, W). Pictures smaller than ``min_size`` pixels on a side are rejected:
+    nothing can be segmented in them, and a 1x1 mask cannot even be written as PNG.
+
+    Args:
+        keys: image / mask keys.
+        min_size: smallest accepted side in pixels.
     """
+
+    def __init__(self, keys: KeysCollection, min_size: int = 8, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.min_size = int(min_size)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -70,6 +89,12 @@ class Ensure2Dd(MapTransform):
                 raise BundleInputError(
                     f"{key} '{_name(d[key])}' is a {img.ndim - 1}D volume of shape {tuple(img.shape[1:])}; this "
                     "bundle segments 2D images: cut it into slices with scripts/slice_ct.py"
+                )
+            if min(img.shape[1:]) < self.min_size:
+                size = "x".join(str(int(n)) for n in img.shape[1:])
+                raise BundleInputError(
+                    f"{key} '{_name(d[key])}' is {size} pixels; images must be at least {self.min_size} pixels on "
+                    "each side: give the full-resolution picture"
                 )
             if isinstance(img, MetaTensor) and img.affine.shape[-1] != 3:
                 # readers disagree on 2D affines (PIL 4x4, tifffile 3x3): keep the in-plane part, 3x3, so
@@ -220,4 +245,109 @@ class EnsureTextd(MapTransform):
                 d[key] = self.default_text or DEFAULT_TEXT[modality]
             else:
                 d[key] = check_text(d[key], where)
+        return d
+
+
+class RandDihedralTextd(RandomizableTransform, MapTransform):
+    """Flip / quarter-turn image and mask together and rewrite the sentence's location words to match.
+
+    Each call draws one symmetry uniformly from ``symmetries`` (a set of :data:`bundle.dihedral.SYMMETRY_SETS`),
+    as seen on the standard display, restricted to those the item's sentence can follow
+    (:func:`bundle.dihedral.allowed`: lung sentences keep their left/right and upper/lower axes, and a
+    non-square picture is never transposed). It is applied to the stored arrays through the item's
+    ``orientation`` (default ``"standard"``), and the location words of the item's text move with it, so
+    "density in the upper right is high" stays true of the augmented tile and "lower left lung" of the
+    mirrored radiograph.
+
+    Args:
+        keys: image and mask keys (channel-first, MONAI layout ``(C, X, Y)``).
+        symmetries: ``"dihedral"`` (all eight), ``"mirror"`` (identity or left-right) or ``"none"``.
+        text_key: the sentence key.
+        modality_key: picks the location convention: "he" -> viewer's sides, "cxr" / "ct" -> patient's sides.
+        orientation_key: per-item orientation of the stored arrays (see :mod:`bundle.dihedral`).
+        prob: probability of drawing at all (otherwise identity).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        symmetries: str = "dihedral",
+        text_key: str = "text",
+        modality_key: str = "modality",
+        orientation_key: str = "orientation",
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if symmetries not in dihedral.SYMMETRY_SETS:
+            raise BundleInputError(
+                f"option augment_symmetries {symmetries!r}: expected one of {', '.join(dihedral.SYMMETRY_SETS)}"
+            )
+        self.symmetries = dihedral.SYMMETRY_SETS[symmetries]
+        self.text_key, self.modality_key, self.orientation_key = text_key, modality_key, orientation_key
+        self.drawn = "identity"
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        keys = list(self.key_iterator(d))
+        if not self._do_transform or not keys:
+            self.drawn = "identity"
+            return d
+        text = d.get(self.text_key) if isinstance(d.get(self.text_key), str) else ""
+        convention = "image" if d.get(self.modality_key, "he") == "he" else "radiological"
+        shape = d[keys[0]].shape[1:]
+        names = dihedral.allowed(self.symmetries, text, convention, square=shape[0] == shape[1])
+        self.drawn = names[self.R.randint(len(names))]
+        display = dihedral.SYMMETRIES[self.drawn]
+        stored = dihedral.to_stored(display, d.get(self.orientation_key) or "standard")
+        for key in keys:
+            d[key] = dihedral.apply(d[key], stored)
+        if text:
+            d[self.text_key] = dihedral.rewrite_locations(text, display, convention)
+        return d
+
+
+class CTWindowd(MapTransform):
+    """CT intensities to [-1, 1]: a Hounsfield window for HU data, a plain rescale for pictures already windowed.
+
+    CT slices come two ways: in Hounsfield units (NIfTI / NRRD / MHA / DICOM, e.g. from
+    ``scripts/slice_ct.py``), and as 8-bit pictures that were lung-windowed before they were saved
+    (PNG / JPEG, e.g. MosMedData+, the MedSeg / Inf-Net slices). The HU window would squeeze 0..255 into
+    a narrow grey band, so a raster file whose values lie in 0..255 is scaled from 0..255 instead; a
+    raster file with larger values (16-bit, HU plus an unknown offset) is refused.
+
+    Args:
+        keys: image keys.
+        window: (a_min, a_max) Hounsfield window for HU data.
+        b_min, b_max: output range.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, window: tuple[float, float] = (-1000.0, 400.0), b_min: float = -1.0,
+        b_max: float = 1.0, allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(window) != 2 or window[0] >= window[1]:
+            raise BundleInputError(f"option ct_window {list(window)} must be [low, high] with low < high")
+        self.window = (float(window[0]), float(window[1]))
+        self.b_min, self.b_max = float(b_min), float(b_max)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img, name = d[key], _name(d[key])
+            low, high = self.window
+            if name.lower().endswith(RASTER_SUFFIXES):
+                top = float(img.max())
+                if top > 255 or float(img.min()) < 0:
+                    raise BundleInputError(
+                        f"CT picture '{name}' holds values {float(img.min()):g}..{top:g}: only 8-bit windowed "
+                        "pictures (0..255) are read as PNG / JPEG / TIFF; save HU slices as NIfTI with "
+                        "scripts/slice_ct.py"
+                    )
+                low, high = 0.0, 255.0
+            scaled = (img.float() - low) / (high - low)
+            d[key] = scaled.clamp(0.0, 1.0) * (self.b_max - self.b_min) + self.b_min
         return d

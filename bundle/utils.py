@@ -13,6 +13,7 @@ import torch
 from .errors import BundleInputError
 
 __all__ = [
+    "as_bool",
     "atomic_write",
     "check_positive",
     "check_file",
@@ -44,6 +45,25 @@ def atomic_write(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "none", "null", "")
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """Option ``name`` as a bool: ``--cprfl false`` reaches a config as the string "false", which is truthy.
+
+    Accepts bools, 0 / 1 and (any case) true / false, yes / no, on / off; anything else is a clear error.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if value is None:
+        return False
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise BundleInputError(f"option {name} must be true or false, got {value!r}")
 
 
 def check_positive(value: Any, name: str, integer: bool = True) -> Any:
@@ -103,7 +123,11 @@ def read_checkpoint(path: Any, option: str, what: str = "checkpoint") -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated / not a torch file / pickled objects
-        raise BundleInputError(f"{what} '{path}' cannot be read ({type(e).__name__}: {e}) (option {option})") from e
+        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        raise BundleInputError(
+            f"{what} '{path}' cannot be read: it is not a complete PyTorch weights file ({type(e).__name__}: "
+            f"{detail}) (option {option})"
+        ) from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -409,15 +409,21 @@ def speed_worker(args: argparse.Namespace) -> None:
     import torch
     from monai.losses import DiceCELoss
 
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BundleInputError(f"--device {args.device}: torch.cuda.is_available() is False")
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # CUDA runs asynchronously: time finished work
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         net, text_input = build_pipeline(args.pipeline, args.smoke, Path(tmp))
+    net = net.to(device)
     size = 32 if args.smoke else 256
     if args.pipeline == "textdiff_faithful_adm" and args.smoke:
         size = 64
     b = args.batch
-    x = torch.rand(b, 3, size, size) * 2 - 1
-    y = (torch.rand(b, 1, size, size) > 0.6).float()
+    x = (torch.rand(b, 3, size, size) * 2 - 1).to(device)
+    y = (torch.rand(b, 1, size, size) > 0.6).float().to(device)
     sentences = ["The nuclei are evenly distributed.", "The nuclei density in the upper right is high.",
                  "Bilateral pulmonary infection, two infected areas, upper left lung and upper right lung."]
     kwargs = (lambda i: {"text": [sentences[(i + k) % 3] for k in range(b)]}) if text_input else (lambda i: {})
@@ -432,10 +438,14 @@ def speed_worker(args: argparse.Namespace) -> None:
         loss.backward()
         opt.step()
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     train_step(0)  # warm-up (and first encodings)
+    sync()
     start = time.time()
     for i in range(args.steps):
         train_step(i + 1)
+    sync()
     train_seconds = (time.time() - start) / args.steps
     net.eval()
     single = x[:1]
@@ -443,12 +453,15 @@ def speed_worker(args: argparse.Namespace) -> None:
         net(single, **({"text": [sentences[0]]} if text_input else {}))
         times = []
         for i in range(args.repeats):
+            sync()
             start = time.time()
             net(single, **({"text": [sentences[i % 3]]} if text_input else {}))
+            sync()
             times.append(time.time() - start)
     record = {
         "name": f"speed_{args.pipeline}",
         "pipeline": args.pipeline,
+        "device": str(device),
         "image_size": size,
         "batch": b,
         "train_images_per_s": b / train_seconds,
@@ -458,6 +471,8 @@ def speed_worker(args: argparse.Namespace) -> None:
         "trainable_parameters": sum(p.numel() for p in params),
         "machine": machine(),
     }
+    if cuda:
+        record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     print(json.dumps(record))
 
 
@@ -716,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch", type=int, default=4)
     q.add_argument("--repeats", type=int, default=5)
     q.add_argument("--smoke", action="store_true")
+    q.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (scripts/gpu_check.py runs the workers on CUDA)")
     q = sub.add_parser("text-encoders", help="BERT-base vs ModernBERT-base encoding time, cache on / off")
     common(q, "bench/text_encoders")
     q.add_argument("--batch", type=int, default=8)

@@ -247,3 +247,33 @@ def test_datalist_items_feed_the_pipeline(tmp_path: Path) -> None:
     for item in load_datalist(str(tmp_path / "dl.json"), "training", require_label=True):
         d = Compose([*load(["image", "label"]), EnsureTextd(), BinaryMaskd("label")])(item)
         assert tuple(d["label"].shape) == (1, 64, 64) and d["text"] == item["text"]
+
+
+def test_images_too_small_for_anything_are_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "one.png")
+    with input_error(r"one.png' is 1x1 pixels; images must be at least 8 pixels"):
+        Compose(load(["image"]))({"image": str(tmp_path / "one.png")})
+
+
+def test_a_folder_given_as_image_is_named(tmp_path: Path) -> None:
+    with input_error(r"is a folder: give an image file"):
+        LoadImageCheckedd("image", image_only=True)({"image": str(tmp_path)})
+
+
+def test_ct_window_keeps_hounsfield_data_and_rescales_8_bit_pictures(tmp_path: Path, ct_slice: dict[str, str]) -> None:
+    from bundle.transforms import CTWindowd
+
+    window = CTWindowd("image", window=(-1000, 400))
+    hu = Compose(load(["image"]))({"image": ct_slice["image"]})
+    expected = ScaleIntensityRanged("image", -1000, 400, -1.0, 1.0, clip=True)(dict(hu))["image"]
+    assert torch.allclose(window(dict(hu))["image"], expected)  # NIfTI in HU: the Hounsfield window
+
+    picture = np.tile(np.arange(256, dtype=np.uint8), (16, 1))  # an 8-bit lung-windowed slice
+    Image.fromarray(picture).save(tmp_path / "windowed.png")
+    out = window(Compose(load(["image"]))({"image": str(tmp_path / "windowed.png")}))["image"]
+    assert float(out.min()) == -1.0 and float(out.max()) == 1.0  # the full range, not a narrow grey band
+    assert len(torch.unique(out)) == 256
+
+    Image.fromarray((picture.astype(np.uint16) * 40)).save(tmp_path / "sixteen.png")
+    with input_error(r"only 8-bit windowed pictures"):
+        window(Compose(load(["image"]))({"image": str(tmp_path / "sixteen.png")}))

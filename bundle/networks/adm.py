@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BundleInputError
+from .masked_attention import key_padding_bias, pack_context, unpack_context
 
 __all__ = ["ADMUNet", "load_adm_checkpoint", "adm_channel_mult", "timestep_embedding"]
 
@@ -192,14 +193,17 @@ class CrossAttention(nn.Module):
         self.proj_out = _zeroed(nn.Linear(channels, channels))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), context (B, N, context_dim) or packed with its key mask (masked_attention.py)."""
         b, c, hgt, wid = x.shape
         heads, wdt = self.num_heads, self.to_q.weight.dtype
         tokens = self.norm(x).flatten(2).transpose(1, 2).to(wdt)  # (B, HW, C)
-        ctx = context.to(wdt)
+        ctx, mask = unpack_context(context, self.to_k.in_features)
+        ctx = ctx.to(wdt)
         q = self.to_q(tokens).view(b, -1, heads, c // heads).transpose(1, 2)  # (B, heads, HW, c/heads)
         k = self.to_k(ctx).view(b, -1, heads, c // heads).transpose(1, 2)  # (B, heads, N, c/heads)
         v = self.to_v(ctx).view(b, -1, heads, c // heads).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, hgt * wid, c)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(mask))
+        a = a.transpose(1, 2).reshape(b, hgt * wid, c)
         out = self.proj_out(a).transpose(1, 2).reshape(b, c, hgt, wid)
         return x + out.to(x.dtype)
 
@@ -478,7 +482,7 @@ class ADMUNet(nn.Module):
             raise ValueError(f"x spatial size {tuple(x.shape[2:])} must be divisible by {self._min_divisor}")
         if self.cross_attention_dim is not None:
             if context is None or context.ndim != 3 or context.shape[0] != x.shape[0] \
-                    or context.shape[2] != self.cross_attention_dim:
+                    or context.shape[2] not in (self.cross_attention_dim, self.cross_attention_dim + 1):
                 got = None if context is None else tuple(context.shape)
                 raise ValueError(
                     f"context must be ({x.shape[0]}, N, {self.cross_attention_dim}) for this cross-attention "
@@ -501,12 +505,13 @@ class ADMUNet(nn.Module):
         blocks: Sequence[int],
         emb_offset: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Eq. 6: outputs of ``output_blocks[j]`` for j in ``blocks`` (ascending) for noisy x_t (B, C, H, W).
 
         Stops after the last requested block (the ``out`` head never runs). ``emb_offset`` (B, d) is the
         Eq. 5 prompt added to the timestep embedding; ``context`` (B, N, cross_attention_dim) feeds the
-        optional cross-attention. With ``use_fp16`` features are cast back to ``x_t``'s dtype; under
+        optional cross-attention, whose keys are the tokens where ``context_mask`` (B, N) is True. With ``use_fp16`` features are cast back to ``x_t``'s dtype; under
         ``torch.autocast`` they keep the autocast dtype.
         """
         n = len(self.output_blocks)
@@ -515,6 +520,8 @@ class ADMUNet(nn.Module):
             raise BundleInputError(
                 f"decoder blocks {list(blocks)} out of range: this ADM backbone has blocks 0..{n - 1}"
             )
+        if context is not None:
+            context = pack_context(context, context_mask)  # (B, N, D [+ 1]): the key mask rides along
         self._check_inputs(x_t, context)
         emb = self._embed(x_t, timesteps, emb_offset)
         h, skips = self._encode(x_t, emb, context)

@@ -25,7 +25,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
 from ..errors import BundleInputError
-from ..utils import check_state_dict, read_checkpoint
+from ..utils import as_bool, check_state_dict, read_checkpoint
+from .masked_attention import mask_cross_attention, pack_context
 
 __all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
 
@@ -62,11 +63,13 @@ class DecoderFeatureBackbone(Protocol):
         blocks: Sequence[int],
         emb_offset: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Outputs of ``blocks`` (ascending) for noisy images ``x_t`` (B, C, H, W) at ``timesteps`` (B,).
 
         Stops after the last requested block. ``emb_offset`` (B, time_embed_dim) is added to the
-        timestep embedding; ``context`` (B, N, cross_attention_dim) feeds the cross-attention.
+        timestep embedding; ``context`` (B, N, cross_attention_dim) feeds the cross-attention, whose
+        keys are only the tokens where ``context_mask`` (B, N) bool is True (None: every token).
         """
         ...
 
@@ -118,7 +121,7 @@ class MonaiDiffusionBackbone(nn.Module):
             in_channels=in_channels,
             out_channels=in_channels,
             channels=tuple(channels),
-            attention_levels=tuple(attention_levels),
+            attention_levels=tuple(as_bool(a, "backbone_attention_levels") for a in attention_levels),
             num_res_blocks=num_res_blocks,
             with_conditioning=cross_attention_dim is not None,
             cross_attention_dim=cross_attention_dim,
@@ -128,6 +131,8 @@ class MonaiDiffusionBackbone(nn.Module):
         )
         if norm == "batch":
             _group_to_batch_norm(self.unet)
+        if cross_attention_dim is not None:
+            mask_cross_attention(self.unet)  # padding tokens of the prompt are no keys
         self.in_channels = in_channels
         self.cross_attention_dim = cross_attention_dim
         self.time_embed_dim = self.unet.time_embed[-1].out_features
@@ -178,6 +183,7 @@ class MonaiDiffusionBackbone(nn.Module):
         blocks: Sequence[int],
         emb_offset: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         unet = self.unet
         wanted = sorted(set(blocks))
@@ -191,7 +197,7 @@ class MonaiDiffusionBackbone(nn.Module):
             emb = emb + emb_offset.to(emb.dtype)
         if unet.with_conditioning and context is None:
             raise ValueError("this backbone has cross-attention: pass context tokens (B, N, cross_attention_dim)")
-        ctx = context if unet.with_conditioning else None
+        ctx = pack_context(context, context_mask) if unet.with_conditioning else None  # (B, N, D [+ 1])
 
         h = unet.conv_in(x_t)
         skips = [h]
@@ -361,9 +367,16 @@ class DiffusionFeatureExtractor(nn.Module):
         return x_t, t
 
     def forward(
-        self, x0: torch.Tensor, emb_offset: torch.Tensor | None = None, context: torch.Tensor | None = None
+        self,
+        x0: torch.Tensor,
+        emb_offset: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """x0 (B, C, H, W) in [-1, 1] -> one (B, C_b * T, H_b, W_b) map per hooked block."""
+        """x0 (B, C, H, W) in [-1, 1] -> one (B, C_b * T, H_b, W_b) map per hooked block.
+
+        ``context_mask`` (B, N) bool marks the real tokens of ``context`` (padding is never a key).
+        """
         needs_grad = torch.is_grad_enabled() and (
             any(p.requires_grad for p in self.backbone.parameters())
             or (emb_offset is not None and emb_offset.requires_grad)
@@ -376,7 +389,12 @@ class DiffusionFeatureExtractor(nn.Module):
                 x_t, t = self.add_noise(x0, group)
                 offset = emb_offset.repeat(len(group), 1) if emb_offset is not None else None  # (T*B, d)
                 ctx = context.repeat(len(group), 1, 1) if context is not None else None  # (T*B, N, Dc)
-                chunks.append(self.backbone.decoder_features(x_t, t, blocks, emb_offset=offset, context=ctx)[: len(self.blocks)])
+                ctx_mask = context_mask.repeat(len(group), 1) if context_mask is not None else None  # (T*B, N)
+                chunks.append(
+                    self.backbone.decoder_features(
+                        x_t, t, blocks, emb_offset=offset, context=ctx, context_mask=ctx_mask
+                    )[: len(self.blocks)]
+                )
         b = x0.shape[0]
         out = []
         for i in range(len(self.blocks)):

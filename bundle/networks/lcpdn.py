@@ -177,7 +177,7 @@ class LCPDN(nn.Module):
             image_tokens, maps = self.image_encoder.encode(image, self.encoder_scales)
         if self.cprfl:
             prompt = self.alignment(tokens, mask, image_tokens)  # Eq. 1-5
-            feats = self.extractor(image, emb_offset=prompt.offset, context=prompt.tokens)  # Eq. 6
+            feats = self.extractor(image, emb_offset=prompt.offset, context=prompt.tokens, context_mask=mask)  # Eq. 6
         else:
             feats = self.extractor(image)
         feats = [*feats, *maps]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from bundle import dihedral
 from bundle.errors import find_input_error
 from bundle_cli import ROOT, TRAIN
 
@@ -26,10 +27,39 @@ def test_modality_presets_set_modality_and_intensity(preset, modality):
     transforms = parser.get_parsed_content("intensity")
     names = [type(t).__name__ for t in transforms]
     expected = {"he": ["ScaleIntensityRanged"], "cxr": ["InvertMonochrome1d", "ScaleIntensityRangePercentilesd"],
-                "ct": ["ScaleIntensityRanged"]}[preset]
+                "ct": ["CTWindowd"]}[preset]
     assert names == expected
     if preset == "ct":
-        assert (transforms[0].scaler.a_min, transforms[0].scaler.a_max) == (-1000, 400)
+        assert transforms[0].window == (-1000, 400)
+    symmetries = {"he": "dihedral", "cxr": "mirror", "ct": "mirror"}[preset]  # no upside-down anatomy
+    augment = [t for t in parser.get_parsed_content("train#random_transforms") if type(t).__name__ == "RandDihedralTextd"]
+    assert len(augment) == 1 and augment[0].symmetries == dihedral.SYMMETRY_SETS[symmetries]
+
+
+def test_command_line_false_means_false(tiny_network_options):
+    """`--backbone_trainable false` reaches the config as the string "false"; it must still freeze."""
+    options = {**tiny_network_options, "backbone_attention_levels": ["false", "true"]}
+    net = parse(backbone_trainable="false", fusion_norm="False", **options).get_parsed_content("network_def")
+    assert not net.extractor.trainable
+    assert not any(p.requires_grad for n, p in net.extractor.backbone.named_parameters() if "attn2" not in n and "norm2" not in n)
+    assert tuple(net.extractor.backbone.unet.attention_levels) == (False, True)
+    assert parse(amp="false").get_parsed_content("train#trainer").amp is False
+    with pytest.raises(Exception) as info:
+        parse(cprfl="perhaps", **tiny_network_options).get_parsed_content("network_def")
+    assert "option cprfl must be true or false" in find_input_error(info.value)
+
+
+def test_ct_preset_rescales_8_bit_windowed_pictures(tmp_path):
+    """An 8-bit lung-windowed PNG (MedSeg / MosMedData+) is not squeezed by the Hounsfield window."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.tile(np.arange(0, 256, 32, dtype=np.uint8), (8, 1))).save(tmp_path / "slice.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mask.png")
+    item = parse("modality/ct.json", image_size=[8, 8]).get_parsed_content("validate#preprocessing")(
+        {"image": str(tmp_path / "slice.png"), "label": str(tmp_path / "mask.png"), "text": "Lesion in the lungs."}
+    )
+    assert float(item["image"].min()) == -1.0 and float(item["image"].max()) > 0.7
 
 
 def test_ct_preset_windows_hounsfield_units(tmp_path):

@@ -156,3 +156,29 @@ def test_default_configuration_trains_at_256_px_with_the_offline_encoders(root):
     for w in (net.alignment.w_q, net.alignment.w_k, net.alignment.w_v, net.alignment.w_t):
         assert w.weight.grad is not None and w.weight.grad.abs().sum() > 0
     assert round(net.parameter_report()["total"] / 1e6, 3) == 5.653  # the count docs/network.md states
+
+
+@pytest.mark.parametrize("fusion", ["ltfr", "cross_attention"])
+def test_a_sentence_gives_the_same_output_whatever_its_padding_length(tiny_encoders, fusion):
+    """Padding tokens are no keys in the backbone's cross-attention nor tiled positions in LTFR."""
+    image = build_image_encoder("hf_clip", str(tiny_encoders["hf_clip"]))
+    outputs = []
+    for max_tokens in (12, 40):
+        net = build((TextEncoder(str(tiny_encoders["bert"]), max_tokens=max_tokens), image), fusion=fusion).eval()
+        with torch.no_grad():
+            outputs.append(net(X, TEXT))
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5), (outputs[0] - outputs[1]).abs().max()
+
+
+def test_padding_would_change_the_output_without_the_key_mask(encoders):
+    """The check above can fail: the same tokens with extra zeroed padding keys give other features."""
+    net = build(encoders).eval()
+    tokens, mask = net.encode_text(TEXT, 2, X.device)
+    padded = torch.cat([tokens, torch.zeros_like(tokens)], dim=1), torch.cat([mask, torch.zeros_like(mask)], dim=1)
+    with torch.no_grad():
+        prompt = net.alignment(*padded, net.image_encoder(X))
+        masked = net.extractor(X, prompt.offset, prompt.tokens, context_mask=padded[1])
+        unmasked = net.extractor(X, prompt.offset, prompt.tokens)
+        reference = net(X, (tokens, mask))
+    assert any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(masked, unmasked))
+    assert torch.allclose(net(X, padded), reference, atol=1e-5)

@@ -78,3 +78,20 @@ def test_accuracy_table_reports_the_best_epoch():
 def test_paper_timestep_pipelines_do_not_follow_the_default(tmp_path, pipeline):
     net, needs_text = benchmark.build_pipeline(pipeline, smoke=True, tmp=tmp_path)
     assert tuple(net.extractor.timesteps) == benchmark.PAPER_TIMESTEPS and needs_text
+
+
+def test_speed_worker_runs_on_the_requested_device(capsys):
+    assert benchmark.main(["_speed-worker", "--pipeline", "unet", "--smoke", "--steps", "1", "--repeats", "1",
+                           "--batch", "2", "--device", "cpu"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["device"] == "cpu" and record["train_images_per_s"] > 0
+    assert "peak_gpu_memory_gib" not in record  # only a CUDA run reports GPU memory
+
+
+def test_speed_worker_refuses_a_missing_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-CUDA message")
+    assert benchmark.main(["_speed-worker", "--pipeline", "unet", "--smoke", "--device", "cuda"]) == 2
+    assert "ERROR: --device cuda: torch.cuda.is_available() is False" in capsys.readouterr().err
