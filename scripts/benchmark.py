@@ -310,6 +310,92 @@ def table_label_efficiency(args: argparse.Namespace) -> None:
                            {**base, "seed": seed, "backbone_ckpt": ckpt})
 
 
+def table_lesions(args: argparse.Namespace) -> None:
+    """Lesion sets from image / mask folders (chest X-ray, CT): LCPDN with each sentence source, and the UNet.
+
+    One patient-grouped split (``scripts/prepare_masks.py``) is made per sentence source, the same split
+    each time (same seed, same groups): only the text differs between the LCPDN rows.
+    """
+    from scripts.prepare_masks import convert_masks
+
+    out = Path(args.out)
+    modality_layer = str(CONFIGS / "modality" / f"{args.modality}.json")
+    base = {"epochs": args.epochs, **(SMOKE_OPTIONS if args.smoke else {}), **parse_sets(args.set)}
+    datalists = {}
+    for source in args.text_sources:
+        datalist = convert_masks(args.images, args.masks, args.lungs, args.csv, modality=args.modality, text=source,
+                                 group_column=args.group_column, orientation=args.orientation,
+                                 notes_fallback="constant" if source == "notes" else None,
+                                 val_fraction=args.val_fraction, seed=args.split_seed)
+        datalists[source] = out / f"datalist_{source}.json"
+        write_datalist(str(datalists[source]), datalist)
+    for seed in args.seeds:
+        for source in args.text_sources:
+            train_and_evaluate(f"{args.name}_lcpdn_{source}{args.tag}_seed{seed}", out, datalists[source], [modality_layer],
+                               {**base, "seed": seed})
+        if "unet" in args.variants:
+            layers, options = VARIANTS["unet"]
+            train_and_evaluate(f"{args.name}_unet{args.tag}_seed{seed}", out, datalists[args.text_sources[0]],
+                               [modality_layer, *layers], {**options, **base, "seed": seed})
+
+
+def table_steering(args: argparse.Namespace) -> None:
+    """Does the mask follow the text? Swap left / right (and upper / lower) in each validation sentence.
+
+    For every validation item whose sentence names one side (or one zone), the share of the predicted
+    foreground in that half of the standard display is measured with the sentence as written and with
+    the side (zone) swapped: if the text steers, the share moves to the newly named half.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    from bundle import dihedral
+
+    record = next(r for r in read_results(Path(args.results)) if r["name"] == args.run and "metrics" in r)
+    parser = ConfigParser()
+    parser.read_config([TRAIN, *[str(ROOT / layer) for layer in record["layers"]]])
+    parser.update({**record["options"], "datalist": args.datalist})
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(Path(args.results) / args.run / "models" / "model.pt", map_location="cpu",
+                                   weights_only=True))
+    net.eval()
+    preprocess = parser.get_parsed_content("validate#preprocessing")
+    rows = []
+    for item in load_datalist(args.datalist, "validation"):
+        data = preprocess(dict(item))
+        text = data["text"]
+        for axis, swap, words in (("x", "mirror", ("left", "right")), ("y", "flip_vertical", ("upper", "lower"))):
+            named = {w for w in words if re.search(rf"\b{w}\b", text)}
+            if len(named) != 1:
+                continue
+            display = dihedral.SYMMETRIES[swap]
+            orientation = dihedral.ORIENTATION_MATRICES[item.get("orientation") or "standard"]
+            with torch.inference_mode():
+                preds = [net(data["image"][None].float(), text=[t]).argmax(1) for t in
+                         (text, dihedral.rewrite_locations(text, display, "radiological"))]
+            preds = [dihedral.apply(p, orientation)[0] for p in preds]  # (X, Y) in the standard display
+            # the named half of the standard display: patient's left = viewer's right (x >= X/2), upper: y < Y/2
+            half = torch.zeros(preds[0].shape)
+            if axis == "x":
+                half[half.shape[0] // 2:] = 1.0 if named == {"left"} else 0.0
+                half[: half.shape[0] // 2] = 1.0 if named == {"right"} else 0.0
+            else:
+                half[:, : half.shape[1] // 2] = 1.0 if named == {"upper"} else 0.0
+                half[:, half.shape[1] // 2:] = 1.0 if named == {"lower"} else 0.0
+            shares = [float((p.float() * half).sum() / p.sum()) if p.sum() else float("nan") for p in preds]
+            rows.append({"image": item["image"], "axis": axis, "named": named.pop(), "share_named": shares[0],
+                         "share_named_after_swap": shares[1]})
+    summary = {"name": f"steering_{args.run}", "run": args.run, "items": rows, "machine": machine()}
+    for axis in ("x", "y"):
+        sel = [r for r in rows if r["axis"] == axis and r["share_named"] == r["share_named"] and r["share_named_after_swap"] == r["share_named_after_swap"]]
+        if sel:
+            summary[f"{axis}_n"] = len(sel)
+            summary[f"{axis}_share_named"] = sum(r["share_named"] for r in sel) / len(sel)
+            summary[f"{axis}_share_named_after_swap"] = sum(r["share_named_after_swap"] for r in sel) / len(sel)
+    append_result(Path(args.out), summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "items"}), flush=True)
+
+
 def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
     """``key=value`` options (values parsed as JSON when possible)."""
     out: dict[str, Any] = {}
@@ -719,6 +805,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs without pretraining (lcpdn_pretrained always runs)")
     q.add_argument("--unet-lr", type=float, default=None)
     pretraining(q, splits=["training", "validation", "testing"])
+    q = sub.add_parser("lesions", help="image / mask folders (CXR, CT): LCPDN per sentence source, and the UNet")
+    common(q, "bench/lesions")
+    q.add_argument("--name", default="cxr", help="prefix of the run names (cxr, ct)")
+    q.add_argument("--images", required=True)
+    q.add_argument("--masks", required=True)
+    q.add_argument("--lungs", default=None)
+    q.add_argument("--csv", default=None)
+    q.add_argument("--group-column", default="patientid")
+    q.add_argument("--modality", default="cxr", choices=["cxr", "ct"])
+    q.add_argument("--orientation", default="standard")
+    q.add_argument("--val-fraction", type=float, default=0.3)
+    q.add_argument("--split-seed", type=int, default=0)
+    q.add_argument("--text-sources", nargs="+", default=["generated", "constant"], choices=["generated", "constant", "notes"])
+    q.add_argument("--variants", nargs="+", default=["unet"], choices=["unet", "none"])
+    q.add_argument("--seeds", nargs="+", type=int, default=[0])
+    q.add_argument("--epochs", type=int, default=40)
+    q = sub.add_parser("steering", help="swap left/right (upper/lower) in validation sentences: does the mask follow?")
+    q.add_argument("--results", required=True, help="results folder holding the run")
+    q.add_argument("--run", required=True)
+    q.add_argument("--datalist", required=True)
+    q.add_argument("--out", default="bench/steering")
     q = sub.add_parser("speed", help="training images/s, inference latency and peak RSS per pipeline")
     common(q, "bench/speed")
     q.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
@@ -762,6 +869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "_speed-worker": speed_worker,
         "text-encoders": table_text_encoders,
         "figure": table_figure,
+        "lesions": table_lesions,
+        "steering": table_steering,
         "report": table_report,
     }[args.table]
     return run_cli(lambda: action(args))

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as `python scripts/prepare_lvit.py`: make `
 
 from bundle.data import DEFAULT_TEXT, MODALITIES, RASTER_SUFFIXES, check_modality, write_datalist  # noqa: E402
 from bundle.errors import BundleInputError  # noqa: E402
+from scripts.check_dataset import DEFAULT_MIN_SIZE, check_splits, report  # noqa: E402
 
 __all__ = [
     "SPLIT_FOLDERS",
@@ -283,10 +284,13 @@ def convert_lvit(
 
 
 def run_cli(action: Callable[[], Any]) -> int:
-    """Run a script's work; a :class:`BundleInputError` prints ``ERROR: <message>`` on stderr and gives 2."""
+    """Run a script's work; a :class:`BundleInputError` prints ``ERROR: <message>`` on stderr and gives 2
+    (with ``LCPDN_TRACEBACK=1`` it is raised, traceback and all)."""
     try:
         action()
     except BundleInputError as e:
+        if os.environ.get("LCPDN_TRACEBACK"):
+            raise
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
     return 0
@@ -319,21 +323,41 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the modality's default sentence for masks without a row in the xlsx (default: error)",
     )
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip reading every image and mask before writing (see scripts/check_dataset.py); default: check",
+    )
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=DEFAULT_MIN_SIZE,
+        help=f"smallest accepted image height / width in pixels for the check (default {DEFAULT_MIN_SIZE})",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.min_size < 1:
+        parser.error(f"argument --min-size: give at least 1 pixel, got {args.min_size}")
+    problems: list[str] = []
 
     def action() -> None:
         datalist = convert_lvit(args.root, args.modality, args.naming, args.allow_missing_text)
+        if not args.no_check:
+            problems.extend(check_splits(datalist, args.min_size))
+            if problems:
+                return
         write_datalist(args.out, datalist)
         first = next(iter(datalist.values()))[0]
         counts = ", ".join(f"{split} {len(items)}" for split, items in datalist.items())
         print(f"wrote {args.out}: {counts} items (modality {first['modality']})")
 
-    return run_cli(action)
+    status = run_cli(action)
+    return report(problems, f"nothing was written to {args.out}") or status
 
 
 if __name__ == "__main__":

@@ -135,6 +135,12 @@ def load_ct_pair(image: str, label: str) -> tuple[Any, Any]:
                 f"CT {what} '{path}' has shape {tuple(vol.shape[1:]) if vol.shape[0] == 1 else tuple(vol.shape)}; "
                 "expected one 3D volume (a 2D image or a multi-channel volume cannot be sliced)"
             )
+        bad = int((~np.isfinite(vol.numpy())).sum())
+        if bad:
+            raise BundleInputError(
+                f"CT {what} '{path}' has {bad} NaN or Inf voxel(s); replace them (e.g. with -1024 HU, air, in the "
+                "image and 0 in the label) and save it again"
+            )
         out.append(vol)
     img, lab = out
     if tuple(img.shape) != tuple(lab.shape):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -193,3 +194,31 @@ def test_cli_as_a_script(root: Path, tmp_path: Path) -> None:
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith("ERROR: text table") and "Traceback" not in run.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_broken_files_stop_the_conversion(root: Path, tmp_path: Path) -> None:
+    """Every problem of the data check is listed, exit 1, no datalist; --no-check writes it anyway."""
+    import numpy as np
+    from PIL import Image
+
+    shutil.copytree(root / "tests" / "data" / "lvit_tiny", tmp_path / "d")
+    train = tmp_path / "d" / "Train_Folder"
+    grey3 = np.zeros((64, 64), np.uint8)
+    grey3[:20], grey3[20:40] = 100, 200
+    Image.fromarray(grey3).save(train / "labelcol" / "TCGA-21-5784-01Z-00-DX1.png")
+    val_mask = tmp_path / "d" / "Val_Folder" / "labelcol" / "TCGA-18-5592-01Z-00-DX1.png"
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(val_mask)  # the image is 64 x 64
+    image = train / "img" / "TCGA-21-5786-01Z-00-DX1.png"
+    image.write_bytes(image.read_bytes()[:200])
+    out = tmp_path / "o.json"
+    cmd = [sys.executable, "scripts/prepare_lvit.py", "--root", str(tmp_path / "d"), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LCPDN_TRACEBACK": ""}
+    run = subprocess.run(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 3 and "Traceback" not in run.stderr, run.stderr
+    assert "TCGA-21-5784-01Z-00-DX1.png' has values {0, 100, 200}" in errors[0]
+    assert "cannot read image file" in errors[1] and "TCGA-21-5786-01Z-00-DX1.png" in errors[1]
+    assert "TCGA-18-5592-01Z-00-DX1.png' is (64, 32) but image" in errors[2]
+    assert f"nothing was written to {out}" in run.stderr and not out.exists()
+    assert main(["--root", str(tmp_path / "d"), "--out", str(out), "--no-check"]) == 0 and out.is_file()

@@ -269,6 +269,16 @@ def test_input_errors(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_nan_or_inf_volume_is_an_error(tmp_path: Path) -> None:
+    hu, lab = phantom()
+    bad = hu.astype(np.float32)
+    bad[3, 4, 5], bad[6, 7, 8] = np.nan, np.inf
+    label = save_itk(tmp_path / "lab.nrrd", lab, np.eye(3))  # NRRD keeps NaN (ITK's NIfTI reader zeroes it)
+    with pytest.raises(BundleInputError, match=r"CT image '.*nan\.nrrd' has 2 NaN or Inf voxel"):
+        sc.slice_ct(save_itk(tmp_path / "nan.nrrd", bad, np.eye(3)), label, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_failure_while_writing_leaves_no_datalist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hu, lab = phantom()
     affine = np.diag([-2.0, -2.0, 3.0, 1.0])
