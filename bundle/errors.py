@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from types import TracebackType
 
 __all__ = ["BundleInputError", "InputErrorLogFilter", "find_input_error", "install_excepthook"]
@@ -74,16 +75,22 @@ def _excepthook(
         return
     message = find_input_error(exc)
     if message is None or _tracebacks_wanted():
-        _default(exc_type, exc, tb)
-    elif not _is_quiet_rank():
-        print(f"ERROR: {message}\n(set LCPDN_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+    elif _is_quiet_rank():
+        text = ""
+    else:
+        text = f"ERROR: {message}\n(set LCPDN_TRACEBACK=1 for the full traceback)\n"
+    # straight to the process's stderr: torch.distributed's hook (init_process_group) wraps this one and
+    # buffers sys.stderr until it returns, which it never does
+    stream = sys.__stderr__ or sys.stderr
+    for out, data in ((stream, text), (sys.stdout, "")):
+        try:
+            out.write(data)
+            out.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
     # a failed run exits 1, never by a signal: interpreter shutdown with library threads still running
     # (ITK's pool, data-loading threads) can end in std::terminate (SIGABRT) once output is a pipe
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(1)
 
 

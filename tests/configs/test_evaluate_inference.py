@@ -135,3 +135,32 @@ def test_inference_sees_the_image_validation_sees(modality, data_dir):
     assert validation["image"].shape == inference["image"].shape == (3, 256, 256)
     assert np.array_equal(np.asarray(validation["image"]), np.asarray(inference["image"]))
     assert validation["text"] == inference["text"] == "a sentence."
+
+
+def bad_inference_inputs(tmp_path, data_dir) -> dict:
+    """One broken input per case of issue 15, as (overrides, what the ERROR line must say)."""
+    tile = next((data_dir / "lvit_tiny" / "Val_Folder" / "img").iterdir())
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "one.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    (tmp_path / "corrupt.pt").write_bytes(b"garbage")
+    (tmp_path / "truncated.png").write_bytes(tile.read_bytes()[:200])
+    return {
+        "1x1 image": ({"image": str(tmp_path / "one.png")}, "is 1x1 pixels"),
+        "text file as image": ({"image": str(tmp_path / "notes.png")}, "cannot read image file"),
+        "truncated image": ({"image": str(tmp_path / "truncated.png")}, "cannot read image file"),
+        "folder as image": ({"image": str(tmp_path)}, "is a folder: give an image file"),
+        "corrupt checkpoint": ({"image": str(tile), "model_path": str(tmp_path / "corrupt.pt")},
+                               "is not a complete PyTorch weights file"),
+        "image size": ({"image": str(tile), "image_size": [33, 33]}, "must be a multiple of"),
+    }
+
+
+@pytest.mark.slow
+def test_bad_inference_input_is_one_error_line_exit_1_no_traceback(trained, tmp_path, data_dir):
+    for case, (overrides, expected) in bad_inference_inputs(tmp_path, data_dir).items():
+        result = run_bundle("inference", [INFERENCE], inference_options(trained, tmp_path, **overrides))
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, (case, output[-3000:])
+        errors = [line for line in output.splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and expected in errors[0], (case, errors, output[-2000:])
+        assert "Traceback" not in output and "terminating due to exception" not in output, (case, output[-3000:])

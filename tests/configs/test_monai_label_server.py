@@ -82,6 +82,7 @@ def server(trained, tmp_path_factory, tiny_network_options):
     images = sorted((ROOT / "docs" / "demo_data" / "monuseg" / "Val_Folder" / "img").glob("*.png"))[:2]
     for image in images:
         shutil.copy(image, studies / image.name)
+    (studies / "broken.png").write_bytes(images[0].read_bytes()[:300])  # a truncated PNG
     port, log = free_port(), tmp / "server.log"
     cmd = [EXE, "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1", "--port",
            str(port), "--conf", "models", NAME, "--conf", "zoo_source", "github", "--conf", "sam2", "false"]
@@ -149,3 +150,30 @@ def test_infer_with_a_text_prompt_returns_a_mask(server):
     original = np.array(Image.open(image_path))
     assert mask.shape[:2] == original.shape[:2], (mask.shape, original.shape)
     assert mask.dtype == np.uint8 and set(np.unique(mask).tolist()) <= {0, 1}  # label map: 0 background, 1 foreground
+
+
+def infer(url: str, image_id: str, params: dict) -> tuple[int, bytes]:
+    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
+    body = urllib.parse.urlencode({"params": json.dumps(params)}).encode()
+    request = urllib.request.Request(f"{url}/infer/{NAME}?{query}", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=INFER_TIMEOUT) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_a_broken_image_is_an_http_error_naming_it_and_the_server_keeps_serving(server):
+    url, image_id, _, log = server
+    status, body = infer(url, "broken", {"text_prompt": PROMPT})
+    assert status >= 400, body[:500]
+    assert "broken.png" in body.decode(errors="replace") + server_error(log)  # the error names the file
+    status, body = infer(url, image_id, {"text_prompt": PROMPT})  # the next request is served
+    assert status == 200, f"HTTP {status}: {body[:500]!r}\n{server_error(log)}"
+
+
+def test_an_empty_text_prompt_uses_the_modality_default_sentence(server):
+    """The UI's text_prompt starts empty: an empty prompt means the bundle's default sentence, not an error."""
+    url, image_id, _, log = server
+    status, body = infer(url, image_id, {"text_prompt": "   "})
+    assert status == 200, f"HTTP {status}: {body[:500]!r}\n{server_error(log)}"
