@@ -66,6 +66,7 @@ SYMMETRIES: dict[str, Matrix] = {
 #: the sets an augmentation draws from, uniformly
 SYMMETRY_SETS: dict[str, tuple[str, ...]] = {
     "dihedral": tuple(SYMMETRIES),  # all eight (H&E tiles have no up or left)
+    "reflections": ("mirror", "flip_vertical", "transpose", "anti_transpose"),  # TextDiff's rot90 + flip
     "mirror": ("identity", "mirror"),  # chest X-ray, CT: no upside-down anatomy
     "none": ("identity",),
 }

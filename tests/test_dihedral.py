@@ -191,3 +191,9 @@ def test_unknown_symmetry_set_is_a_clear_error():
 
     with pytest.raises(BundleInputError, match="augment_symmetries"):
         RandDihedralTextd(keys="image", symmetries="everything")
+
+
+def test_reflections_are_what_rot90_then_an_axis_flip_gives():
+    """TextDiff's branch (RandRotate90 then RandAxisFlip, both always) only ever mirrors: the 4 reflections."""
+    det = {n: m[0][0] * m[1][1] - m[0][1] * m[1][0] for n, m in dihedral.SYMMETRIES.items()}
+    assert set(dihedral.SYMMETRY_SETS["reflections"]) == {n for n, d in det.items() if d == -1}

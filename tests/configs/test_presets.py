@@ -31,8 +31,9 @@ def test_modality_presets_set_modality_and_intensity(preset, modality):
     assert names == expected
     if preset == "ct":
         assert transforms[0].window == (-1000, 400)
-    symmetries = {"he": "dihedral", "cxr": "mirror", "ct": "mirror"}[preset]  # no upside-down anatomy
-    augment = [t for t in parser.get_parsed_content("train#random_transforms") if type(t).__name__ == "RandDihedralTextd"]
+    symmetries = {"he": "reflections", "cxr": "mirror", "ct": "mirror"}[preset]  # no upside-down anatomy
+    one_of = parser.get_parsed_content("train#random_transforms")[0]
+    augment = [t for t in one_of.transforms if type(t).__name__ == "RandDihedralTextd"]
     assert len(augment) == 1 and augment[0].symmetries == dihedral.SYMMETRY_SETS[symmetries]
 
 
