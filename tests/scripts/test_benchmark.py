@@ -95,3 +95,24 @@ def test_speed_worker_refuses_a_missing_gpu(capsys):
         pytest.skip("checks the no-CUDA message")
     assert benchmark.main(["_speed-worker", "--pipeline", "unet", "--smoke", "--device", "cuda"]) == 2
     assert "ERROR: --device cuda: torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lesions_and_steering_smoke(tmp_path, root):
+    """The CXR table on the committed tiny chest X-rays: one split per sentence source, then the steering probe."""
+    data = root / "tests" / "data" / "cxr_tiny"
+    out = tmp_path / "lesions"
+    assert benchmark.main(["lesions", "--smoke", "--out", str(out), "--images", str(data / "img"), "--masks",
+                           str(data / "lesion"), "--lungs", str(data / "lungs"), "--csv", str(data / "meta.csv"),
+                           "--epochs", "1", "--val-fraction", "0.34", "--text-sources", "generated", "constant",
+                           "--variants", "none"]) == 0
+    generated = json.loads((out / "datalist_generated.json").read_text())
+    constant = json.loads((out / "datalist_constant.json").read_text())
+    assert [i["image"] for i in generated["validation"]] == [i["image"] for i in constant["validation"]]  # same split
+    assert {i["text"] for i in constant["training"]} == {"Pulmonary infection in the lungs."}
+    names = {r["name"] for r in benchmark.read_results(out) if "metrics" in r}
+    assert names == {"cxr_lcpdn_generated_seed0", "cxr_lcpdn_constant_seed0"}
+    assert benchmark.main(["steering", "--results", str(out), "--run", "cxr_lcpdn_generated_seed0", "--datalist",
+                           str(out / "datalist_generated.json"), "--out", str(tmp_path / "steer")]) == 0
+    (record,) = benchmark.read_results(tmp_path / "steer")
+    assert record["run"] == "cxr_lcpdn_generated_seed0" and isinstance(record["items"], list)
