@@ -330,7 +330,7 @@ def table_lesions(args: argparse.Namespace) -> None:
         datalists[source] = out / f"datalist_{source}.json"
         write_datalist(str(datalists[source]), datalist)
     for seed in args.seeds:
-        for source in args.text_sources:
+        for source in args.text_sources if "lcpdn" in args.variants else []:
             train_and_evaluate(f"{args.name}_lcpdn_{source}{args.tag}_seed{seed}", out, datalists[source], [modality_layer],
                                {**base, "seed": seed})
         if "unet" in args.variants:
@@ -818,7 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-fraction", type=float, default=0.3)
     q.add_argument("--split-seed", type=int, default=0)
     q.add_argument("--text-sources", nargs="+", default=["generated", "constant"], choices=["generated", "constant", "notes"])
-    q.add_argument("--variants", nargs="+", default=["unet"], choices=["unet", "none"])
+    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet"], choices=["lcpdn", "unet"],
+                   help="lcpdn: one run per text source; unet: one run on the first source's split")
     q.add_argument("--seeds", nargs="+", type=int, default=[0])
     q.add_argument("--epochs", type=int, default=40)
     q = sub.add_parser("steering", help="swap left/right (upper/lower) in validation sentences: does the mask follow?")

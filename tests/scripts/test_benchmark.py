@@ -105,7 +105,7 @@ def test_lesions_and_steering_smoke(tmp_path, root):
     assert benchmark.main(["lesions", "--smoke", "--out", str(out), "--images", str(data / "img"), "--masks",
                            str(data / "lesion"), "--lungs", str(data / "lungs"), "--csv", str(data / "meta.csv"),
                            "--epochs", "1", "--val-fraction", "0.34", "--text-sources", "generated", "constant",
-                           "--variants", "none"]) == 0
+                           "--variants", "lcpdn"]) == 0
     generated = json.loads((out / "datalist_generated.json").read_text())
     constant = json.loads((out / "datalist_constant.json").read_text())
     assert [i["image"] for i in generated["validation"]] == [i["image"] for i in constant["validation"]]  # same split
