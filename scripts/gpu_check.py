@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from bundle.errors import BundleInputError  # noqa: E402
 from bundle.utils import atomic_write  # noqa: E402
-from scripts.benchmark import (  # noqa: E402
+from scripts.bench_runs import (  # noqa: E402
     CONFIGS,
     EVALUATE,
     PIPELINES,
@@ -59,14 +59,14 @@ from scripts.benchmark import (  # noqa: E402
     parse_curve,
     smoke_datalist,
 )
-from scripts.prepare_lvit import run_cli  # noqa: E402
+from scripts.bench_speed import BENCHMARK  # noqa: E402
+from scripts.common import run_cli  # noqa: E402
 
 INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 ADM_LAYERS = [str(CONFIGS / "adm" / "adm.json"), str(CONFIGS / "adm" / "monuseg.json")]
 ADM_MANIFEST = ROOT / "tests" / "data" / "adm256_uncond_manifest.json"
 DEMO_DATALIST = ROOT / "docs" / "demo_data" / "monuseg" / "datalist.json"
-BENCHMARK = str(ROOT / "scripts" / "benchmark.py")
 
 NO_CUDA = "skipped: no CUDA"
 OUT_OF_TIME = "skipped: time budget"  # not started: the overall deadline had come
@@ -148,7 +148,7 @@ def log_error(log: Path) -> str:
 
 
 def run_timed(cmd: Sequence[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Like ``scripts.benchmark.run_logged`` (output to ``log``, wall seconds, peak RSS) with a hard deadline.
+    """Like ``scripts.bench_runs.run_logged`` (output to ``log``, wall seconds, peak RSS) with a hard deadline.
 
     The child runs in its own process group; at ``timeout`` seconds that group (the child and what it
     started: pytest, torchrun ranks) gets SIGTERM, then SIGKILL.
@@ -261,7 +261,7 @@ def epoch_seconds(log: Path) -> tuple[list[float], list[float]]:
 
 
 def command(run_id: str, config_files: Sequence[str], options: dict[str, Any]) -> list[str]:
-    """``scripts.benchmark.bundle_command`` with booleans and lists written as Python literals.
+    """``scripts.bench_runs.bundle_command`` with booleans and lists written as Python literals.
 
     The bundle CLI parses values with python-fire, which reads ``True`` / ``[False, True]`` as booleans but
     ``true`` / ``[false, true]`` (JSON) as strings, and the string "false" is truthy.

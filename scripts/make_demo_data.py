@@ -28,7 +28,8 @@ from PIL import Image  # noqa: E402
 
 from bundle.data import write_datalist  # noqa: E402
 from bundle.errors import BundleInputError  # noqa: E402
-from scripts.prepare_lvit import convert_lvit, run_cli, write_text_table  # noqa: E402
+from scripts.common import run_cli, write_text_table  # noqa: E402
+from scripts.prepare_lvit import convert_lvit  # noqa: E402
 from scripts.slice_ct import (
     DEFAULT_WINDOW,
     CTSlice,

@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # run as `python scripts/make_fixtures.py`: make 
 
 from bundle.utils import atomic_write  # noqa: E402
 from scripts.make_demo_data import export_lvit_split  # noqa: E402
-from scripts.prepare_lvit import convert_lvit, run_cli  # noqa: E402
+from scripts.common import run_cli  # noqa: E402
+from scripts.prepare_lvit import convert_lvit  # noqa: E402
 from scripts.slice_ct import staged_output  # noqa: E402
 
 __all__ = ["make_lvit_tiny", "make_ct_tiny", "make_dicom_tiny", "main"]

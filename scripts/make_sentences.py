@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python scripts/make_sentences.py`: make
 from bundle.errors import BundleInputError  # noqa: E402
 from bundle.sentences import ORIENTATIONS, SENTENCE_MODALITIES, describe_mask  # noqa: E402
 from bundle.utils import atomic_write  # noqa: E402
-from scripts.prepare_lvit import _listing, list_images, run_cli, write_text_table  # noqa: E402
+from scripts.common import list_images, listing, run_cli, write_text_table  # noqa: E402
 
 __all__ = ["read_mask", "files_by_stem", "sentences_for_folder", "write_sentence_table", "add_sentence_options", "main"]
 
@@ -101,7 +101,7 @@ def sentences_for_folder(
         missing = sorted(set(lesion_files) - set(lung_files))
         if missing:
             raise BundleInputError(
-                f"{len(missing)} mask(s) have no lung mask (same stem) in '{lungs}': {_listing(missing)}"
+                f"{len(missing)} mask(s) have no lung mask (same stem) in '{lungs}': {listing(missing)}"
             )
     rows = []
     for i, (stem, path) in enumerate(sorted(lesion_files.items(), key=lambda kv: kv[1].name)):

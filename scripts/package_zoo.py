@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as `python scripts/package_zoo.py`: make `b
 
 from bundle.errors import BundleInputError  # noqa: E402
 from bundle.utils import atomic_write  # noqa: E402
-from scripts.prepare_lvit import run_cli  # noqa: E402
+from scripts.common import run_cli  # noqa: E402
 
 __all__ = ["bundle_name", "bundle_files", "package_zoo", "main"]
 
@@ -37,8 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("configs", "docs")
 FILES = ("LICENSE", "large_files.yml")
 REQUIRED = ("configs/metadata.json", "configs/inference.json", "LICENSE", "large_files.yml")
-#: user-facing scripts (data preparation named in metadata.json); dev tools such as this one stay out
-SCRIPTS = ("scripts/__init__.py", "scripts/prepare_lvit.py", "scripts/slice_ct.py")
+#: user-facing scripts (data preparation named in metadata.json) and the modules they import; dev tools such
+#: as this one stay out
+SCRIPTS = ("scripts/__init__.py", "scripts/prepare_lvit.py", "scripts/slice_ct.py", "scripts/check_dataset.py",
+           "scripts/common.py")
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".git", ".DS_Store"}
 SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp", "~")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,15 @@ if __package__ in (None, ""):  # run as `python scripts/prepare_lvit.py`: make `
 from bundle.data import DEFAULT_TEXT, MODALITIES, RASTER_SUFFIXES, check_modality, write_datalist  # noqa: E402
 from bundle.errors import BundleInputError  # noqa: E402
 from scripts.check_dataset import DEFAULT_MIN_SIZE, check_splits, report  # noqa: E402
+from scripts.common import list_images, listing, read_text_table, run_cli  # noqa: E402
 
 __all__ = [
     "SPLIT_FOLDERS",
     "NAMING_RULES",
     "IMAGE_SUFFIXES",
     "mask_name",
-    "list_images",
-    "read_text_table",
-    "write_text_table",
     "detect_naming",
     "convert_lvit",
-    "run_cli",
     "main",
 ]
 
@@ -53,87 +50,11 @@ NAMING_RULES: dict[str, Callable[[str], str]] = {
 
 IMAGE_SUFFIXES = RASTER_SUFFIXES  # LViT folders hold 2D pictures only
 
-_SHOWN = 5  # file names listed in an error before "... and N more"
-
-
-def _listing(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_SHOWN])
-    return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
-
-
 def mask_name(image_name: str, naming: str) -> str:
     """The mask file name of ``image_name`` under a naming rule ("monuseg", "qata" or "mosmed")."""
     if naming not in NAMING_RULES:
         raise BundleInputError(f"unknown naming {naming!r}; expected one of {', '.join(NAMING_RULES)} or auto")
     return NAMING_RULES[naming](image_name)
-
-
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Sorted image file names in ``folder`` (hidden files and non-image files are ignored)."""
-    return sorted(
-        f.name
-        for f in Path(folder).iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
-    )
-
-
-def read_text_table(xlsx: str | os.PathLike) -> dict[str, str | None]:
-    """Read an LViT ``<Split>_text.xlsx``: mask file name -> sentence (None where the cell is empty).
-
-    The first sheet must have a header row with ``Image`` and ``Description`` columns (any case). A mask
-    named on two rows is an error naming both rows.
-    """
-    import openpyxl  # local: only the converters need it
-
-    xlsx = os.fspath(xlsx)
-    try:
-        wb = openpyxl.load_workbook(xlsx, read_only=True, data_only=True)
-    except Exception as e:
-        raise BundleInputError(
-            f"cannot read text table '{xlsx}' ({type(e).__name__}: {e}); re-export it as .xlsx"
-        ) from e
-    try:
-        rows = wb.worksheets[0].iter_rows(values_only=True)
-        header = [str(c).strip().lower() if c is not None else "" for c in next(rows, ())]
-        if "image" not in header or "description" not in header:
-            raise BundleInputError(
-                f"text table '{xlsx}' needs a header row with columns 'Image' (mask file name) and 'Description' "
-                f"(sentence); its first row is {header}"
-            )
-        col_img, col_txt = header.index("image"), header.index("description")
-        table: dict[str, str | None] = {}
-        first_row: dict[str, int] = {}
-        for r, row in enumerate(rows, start=2):
-            cells = list(row) + [None] * (len(header) - len(row))
-            key, text = cells[col_img], cells[col_txt]
-            if key is None or not str(key).strip():
-                if text is not None and str(text).strip():
-                    raise BundleInputError(f"row {r} of text table '{xlsx}' has a Description but no Image file name")
-                continue
-            key = str(key).strip()
-            if key in table:
-                raise BundleInputError(
-                    f"text table '{xlsx}' names mask '{key}' twice (rows {first_row[key]} and {r}); "
-                    "keep one row per mask"
-                )
-            first_row[key] = r
-            table[key] = str(text).strip() if text is not None and str(text).strip() else None
-        return table
-    finally:
-        wb.close()
-
-
-def write_text_table(xlsx: str | os.PathLike, rows: Iterable[tuple[str, str]]) -> str:
-    """Write an LViT text table (header ``Image``, ``Description``) with (mask name, sentence) rows."""
-    import openpyxl
-
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.append(["Image", "Description"])
-    for name, text in rows:
-        ws.append([name, text])
-    wb.save(os.fspath(xlsx))
-    return os.fspath(xlsx)
 
 
 def _split_folders(root: Path) -> list[tuple[str, Path]]:
@@ -269,31 +190,18 @@ def convert_lvit(
         if absent:
             raise BundleInputError(
                 f"{len(absent)} image(s) in '{folder / 'img'}' have no mask in '{folder / 'labelcol'}' under naming "
-                f"{naming}: {_listing(absent)}. Add the masks, or pass --naming if the rule is wrong"
+                f"{naming}: {listing(absent)}. Add the masks, or pass --naming if the rule is wrong"
             )
         datalist[split] = items
     if missing_text:
         if not allow_missing_text:
             raise BundleInputError(
-                f"{len(missing_text)} mask(s) have no sentence in their text table: {_listing(missing_text)}. Add the "
+                f"{len(missing_text)} mask(s) have no sentence in their text table: {listing(missing_text)}. Add the "
                 "rows, or pass --allow-missing-text to use the modality's default sentence"
             )
         if log:
             log(f"filled {len(missing_text)} missing sentence(s) with the default {DEFAULT_TEXT[modality]!r}")
     return datalist
-
-
-def run_cli(action: Callable[[], Any]) -> int:
-    """Run a script's work; a :class:`BundleInputError` prints ``ERROR: <message>`` on stderr and gives 2
-    (with ``LCPDN_TRACEBACK=1`` it is raised, traceback and all)."""
-    try:
-        action()
-    except BundleInputError as e:
-        if os.environ.get("LCPDN_TRACEBACK"):
-            raise
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,8 +46,8 @@ if __package__ in (None, ""):  # run as `python scripts/prepare_masks.py`: make 
 from bundle.data import DEFAULT_TEXT, MODALITIES, check_modality, write_datalist  # noqa: E402
 from bundle.errors import BundleInputError  # noqa: E402
 from bundle.sentences import describe_mask  # noqa: E402
+from scripts.common import listing, run_cli  # noqa: E402
 from scripts.make_sentences import add_sentence_options, files_by_stem, read_mask  # noqa: E402
-from scripts.prepare_lvit import _listing, run_cli  # noqa: E402
 
 __all__ = [
     "TEXT_SOURCES",
@@ -83,7 +83,7 @@ def match_files(
     ):
         if stems:
             names = [files[stem].name for stem in sorted(stems)]
-            problems.append(f"{len(names)} {what} of the same file stem in '{where}': {_listing(names)}")
+            problems.append(f"{len(names)} {what} of the same file stem in '{where}': {listing(names)}")
     if problems:
         raise BundleInputError("; ".join(problems) + ". Files are matched by stem: add or remove the files")
     return [
@@ -256,12 +256,12 @@ def convert_masks(
         if absent:
             raise BundleInputError(
                 f"{len(absent)} image(s) have no row in '{csv_path}' (column {id_column} = image file stem): "
-                f"{_listing(absent)}"
+                f"{listing(absent)}"
             )
         no_group = [stem for stem, *_ in pairs if not table[stem][group_column]]
         if no_group:
             raise BundleInputError(
-                f"{len(no_group)} image(s) have an empty '{group_column}' in '{csv_path}': {_listing(no_group)}; "
+                f"{len(no_group)} image(s) have an empty '{group_column}' in '{csv_path}': {listing(no_group)}; "
                 "fill it (the split keeps each patient on one side)"
             )
     opts = {

@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # run as `python scripts/slice_ct.py`: make `bund
 
 from bundle.data import SPLITS, write_datalist  # noqa: E402
 from bundle.errors import BundleInputError  # noqa: E402
-from scripts.prepare_lvit import run_cli  # noqa: E402
+from scripts.common import run_cli  # noqa: E402
 
 __all__ = [
     "DEFAULT_WINDOW",

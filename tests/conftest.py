@@ -90,7 +90,7 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_network_options(tiny_encoders) -> dict:
     """Command-line overrides that make the bundle configs build a tiny LCPDN (32 px, tiny encoders)."""
-    from scripts.benchmark import SMOKE_OPTIONS
+    from scripts.bench_runs import SMOKE_OPTIONS  # the tiny network of `scripts/benchmark.py --smoke`
 
     return {
         **SMOKE_OPTIONS,

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py on tiny settings: every table runs end to end and the report renders."""
+"""scripts/benchmark.py (and its bench_* modules) on tiny settings: every table runs end to end and the report renders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scripts import benchmark
+from scripts import bench_report, bench_runs, bench_speed, benchmark
 
 
 @pytest.mark.slow
@@ -14,7 +14,7 @@ def test_accuracy_smoke_runs_the_bundle_configs(tmp_path):
     out = tmp_path / "accuracy"
     assert benchmark.main(["accuracy", "--smoke", "--out", str(out), "--variants", "lcpdn_pretrained", "unet",
                            "--epochs", "1", "--pretrain-epochs", "1"]) == 0
-    pretrain, *records = benchmark.read_results(out)
+    pretrain, *records = bench_runs.read_results(out)
     assert pretrain["name"] == "pretrain" and pretrain["options"]["pretrain_splits"] == ["training"]
     assert [r["name"] for r in records] == ["lcpdn_pretrained_seed0", "unet_seed0"]
     ckpt = records[0]["options"]["backbone_ckpt"]
@@ -23,7 +23,7 @@ def test_accuracy_smoke_runs_the_bundle_configs(tmp_path):
         assert 0 <= r["metrics"]["per_image_mean_dice"] <= 1 and r["train"]["returncode"] == 0
         assert "monai.bundle run training" in r["train"]["command"]  # measured through the shipped configs
         assert len(r["curve"]["val_mean_dice"]) == 1
-    table = benchmark.accuracy_table(records)
+    table = bench_report.accuracy_table(records)
     assert "| lcpdn_pretrained | 1 |" in table and "| unet | 1 |" in table
 
 
@@ -31,11 +31,11 @@ def test_accuracy_smoke_runs_the_bundle_configs(tmp_path):
 def test_speed_and_text_encoder_smoke(tmp_path):
     assert benchmark.main(["speed", "--smoke", "--out", str(tmp_path / "speed"), "--pipelines", "lcpdn",
                            "textdiff_faithful", "--steps", "1", "--repeats", "1", "--batch", "2"]) == 0
-    records = benchmark.read_results(tmp_path / "speed")
+    records = bench_runs.read_results(tmp_path / "speed")
     assert {r["pipeline"] for r in records} == {"lcpdn", "textdiff_faithful"}
     assert all(r["train_images_per_s"] > 0 and 0 < r["peak_rss_gb"] < 4 for r in records)  # the worker's own peak
     assert benchmark.main(["text-encoders", "--smoke", "--out", str(tmp_path / "text_encoders"), "--batches", "2"]) == 0
-    text = benchmark.read_results(tmp_path / "text_encoders")
+    text = bench_runs.read_results(tmp_path / "text_encoders")
     assert {(r["encoder"], r["cache"]) for r in text} == {(e, c) for e in ("bert", "modernbert") for c in (False, True)}
     assert benchmark.main(["report", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
@@ -43,18 +43,18 @@ def test_speed_and_text_encoder_smoke(tmp_path):
 
 
 def test_parse_sets_and_curve(tmp_path):
-    assert benchmark.parse_sets(["epochs=3", "blocks=[1, 2]", "fusion=ltfr"]) == {"epochs": 3, "blocks": [1, 2], "fusion": "ltfr"}
+    assert bench_runs.parse_sets(["epochs=3", "blocks=[1, 2]", "fusion=ltfr"]) == {"epochs": 3, "blocks": [1, 2], "fusion": "ltfr"}
     log = tmp_path / "train.log"
     log.write_text("x - Epoch[1] Metrics -- val_mean_dice: 0.5000 val_mean_iou: 0.3000\n"
                    "x - Epoch[1] Metrics -- train_loss_avg: 1.2500 train_mean_dice: 0.4\n")
-    assert benchmark.parse_curve(log) == {"val_mean_dice": [0.5], "val_mean_iou": [0.3], "train_loss_avg": [1.25]}
-    assert json.loads(json.dumps(benchmark.machine()))["cores"] >= 1
+    assert bench_runs.parse_curve(log) == {"val_mean_dice": [0.5], "val_mean_iou": [0.3], "train_loss_avg": [1.25]}
+    assert json.loads(json.dumps(bench_runs.machine()))["cores"] >= 1
 
 
 def test_repeated_set_options_accumulate():
     args = benchmark.build_parser().parse_args(
         ["accuracy", "--set", "backbone_res_blocks=2", "--set", "blocks=[3, 6]", "epochs=2"])
-    assert benchmark.parse_sets(args.set) == {"backbone_res_blocks": 2, "blocks": [3, 6], "epochs": 2}
+    assert bench_runs.parse_sets(args.set) == {"backbone_res_blocks": 2, "blocks": [3, 6], "epochs": 2}
 
 
 def test_speed_table_reports_ratios_against_the_textdiff_pipeline():
@@ -62,22 +62,22 @@ def test_speed_table_reports_ratios_against_the_textdiff_pipeline():
              "inference_seconds_per_image": 0.2, "peak_rss_gb": 5.0},
             {"pipeline": "textdiff_faithful", "trainable_parameters": 9e6, "batch": 1, "train_images_per_s": 0.25,
              "inference_seconds_per_image": 1.0, "peak_rss_gb": 6.0}]
-    table = benchmark.speed_table(rows)
+    table = bench_report.speed_table(rows)
     assert "| lcpdn | 5.00M | 4 | 1.000 | 0.200 | 5.00 | 4.0x | 5.0x |" in table
     assert "| textdiff_faithful | 9.00M | 1 | 0.250 | 1.000 | 6.00 | 1.0x | 1.0x |" in table
-    assert benchmark.speed_table(rows[:1]).endswith("| - | - |")  # no reference in the run: no ratios
+    assert bench_report.speed_table(rows[:1]).endswith("| - | - |")  # no reference in the run: no ratios
 
 
 def test_accuracy_table_reports_the_best_epoch():
     record = {"name": "lcpdn_seed0", "train": {"seconds": 120.0, "peak_rss_gb": 3.0}, "curve": {"val_mean_dice": [0.5, 0.7, 0.6]},
               "metrics": {"per_image_mean_dice": 0.7, "per_image_mean_iou": 0.55, "global_dice": 0.72, "global_iou": 0.56}}
-    assert "| lcpdn | 1 | 70.00 | 55.00 | 72.00 | 56.00 | 2 | 2.0 | 3.0 |" in benchmark.accuracy_table([record])
+    assert "| lcpdn | 1 | 70.00 | 55.00 | 72.00 | 56.00 | 2 | 2.0 | 3.0 |" in bench_report.accuracy_table([record])
 
 
 @pytest.mark.parametrize("pipeline", ["lcpdn_paper_timesteps", "textdiff_faithful"])
 def test_paper_timestep_pipelines_do_not_follow_the_default(tmp_path, pipeline):
-    net, needs_text = benchmark.build_pipeline(pipeline, smoke=True, tmp=tmp_path)
-    assert tuple(net.extractor.timesteps) == benchmark.PAPER_TIMESTEPS and needs_text
+    net, needs_text = bench_speed.build_pipeline(pipeline, smoke=True, tmp=tmp_path)
+    assert tuple(net.extractor.timesteps) == bench_runs.PAPER_TIMESTEPS and needs_text
 
 
 def test_speed_worker_runs_on_the_requested_device(capsys):
@@ -110,9 +110,41 @@ def test_lesions_and_steering_smoke(tmp_path, root):
     constant = json.loads((out / "datalist_constant.json").read_text())
     assert [i["image"] for i in generated["validation"]] == [i["image"] for i in constant["validation"]]  # same split
     assert {i["text"] for i in constant["training"]} == {"Pulmonary infection in the lungs."}
-    names = {r["name"] for r in benchmark.read_results(out) if "metrics" in r}
+    names = {r["name"] for r in bench_runs.read_results(out) if "metrics" in r}
     assert names == {"cxr_lcpdn_generated_seed0", "cxr_lcpdn_constant_seed0"}
     assert benchmark.main(["steering", "--results", str(out), "--run", "cxr_lcpdn_generated_seed0", "--datalist",
                            str(out / "datalist_generated.json"), "--out", str(tmp_path / "steer")]) == 0
-    (record,) = benchmark.read_results(tmp_path / "steer")
+    (record,) = bench_runs.read_results(tmp_path / "steer")
     assert record["run"] == "cxr_lcpdn_generated_seed0" and isinstance(record["items"], list)
+
+
+def documented_commands(root) -> list[list[str]]:
+    """The argument lists of every ``python scripts/benchmark.py ...`` in README.md, docs/*.md and the script's
+    docstring; shell blocks run under bash with ``python`` as a recorder, so variables and quoting are bash's."""
+    import re
+    import shlex
+    import subprocess
+
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    blocks, inline = [], []
+    for path in texts:
+        text = path.read_text(encoding="utf-8")
+        blocks += [b for b in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S) if "scripts/benchmark.py" in b]
+        inline += re.findall(r"`(python scripts/benchmark\.py[^`]*)`", text)
+    inline += [line.strip() for line in benchmark.__doc__.splitlines() if line.strip().startswith("python scripts/benchmark.py")]
+    commands = [shlex.split(c)[2:] for c in inline]
+    recorder = 'python() { [ "$1" = scripts/benchmark.py ] || return 0; shift; printf "%s\\x1f" "$@"; echo; }\n'
+    for block in blocks:
+        out = subprocess.run(["bash", "-c", recorder + block], capture_output=True, text=True, check=True).stdout
+        commands += [line.split("\x1f")[:-1] for line in out.splitlines()]
+    return commands
+
+
+def test_every_documented_command_parses(root):
+    """The split into bench_* modules keeps the command line: each documented command is still accepted."""
+    commands = documented_commands(root)
+    assert len(commands) >= 20 and {c[0] for c in commands} >= {"accuracy", "ct", "label-efficiency", "speed",
+                                                                  "text-encoders", "figure", "report", "lesions", "steering"}
+    parser = benchmark.build_parser()
+    for argv in commands:
+        parser.parse_args(argv)  # argparse exits (SystemExit 2) on an unknown subcommand or option

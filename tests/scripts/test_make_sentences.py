@@ -13,7 +13,7 @@ from PIL import Image
 
 from bundle.errors import BundleInputError
 from scripts.make_sentences import main, read_mask, sentences_for_folder, write_sentence_table
-from scripts.prepare_lvit import read_text_table
+from scripts.common import read_text_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -70,6 +70,21 @@ def test_zip_holds_the_bundle_and_nothing_else(zoo_zip):
     assert top <= {"configs", "docs", "models", "bundle", "scripts", "LICENSE", "large_files.yml"}, top
     assert not [p for p in rel if "__pycache__" in p or p.endswith((".pyc", ".tmp"))]
     assert not {"scripts/package_zoo.py", "scripts/benchmark.py", "scripts/make_fixtures.py"} & rel  # dev tools
+    assert not [p for p in rel if p.startswith("scripts/bench_")]
+
+
+def test_packed_scripts_import_only_packed_scripts():
+    """prepare_lvit.py and slice_ct.py run from the installed zip: every ``scripts.*`` module they import is packed."""
+    import ast
+
+    from scripts.package_zoo import bundle_files
+
+    packed = {rel for rel in bundle_files(ROOT, None) if rel.startswith("scripts/")}
+    for rel in packed:
+        tree = ast.parse((ROOT / rel).read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        for module in sorted(m for m in imported if m.startswith("scripts.")):
+            assert f"{module.replace('.', '/')}.py" in packed, f"{rel} imports {module}, which the zip lacks"
 
 
 def test_installed_zip_runs_inference_from_its_own_folder(zoo_zip, tmp_path, tiny_network_options):

@@ -13,7 +13,8 @@ import pytest
 
 from bundle.data import DEFAULT_TEXT, load_datalist
 from bundle.errors import BundleInputError
-from scripts.prepare_lvit import convert_lvit, detect_naming, main, mask_name, read_text_table, write_text_table
+from scripts.common import read_text_table, write_text_table
+from scripts.prepare_lvit import convert_lvit, detect_naming, main, mask_name
 
 
 @pytest.fixture()

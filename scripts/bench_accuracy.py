@@ -1,0 +1,205 @@
+"""Accuracy tables: train with the shipped configs, evaluate the best checkpoint (``scripts/benchmark.py``
+``accuracy``, ``ct``, ``label-efficiency``, ``lesions``), and the text-steering probe of a trained run
+(``steering``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from bundle.data import load_datalist, write_datalist
+from scripts.bench_runs import (
+    CONFIGS,
+    PRETRAIN,
+    ROOT,
+    SMOKE_OPTIONS,
+    TRAIN,
+    VARIANTS,
+    append_result,
+    bundle_command,
+    load_run,
+    lvit_datalist,
+    machine,
+    parse_sets,
+    read_results,
+    run_logged,
+    smoke_datalist,
+    train_and_evaluate,
+)
+
+
+def base_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options of every run of a table: ``--epochs``, the tiny network with ``--smoke``, then ``--set``."""
+    return {"epochs": args.epochs, **(SMOKE_OPTIONS if args.smoke else {}), **parse_sets(args.set)}
+
+
+def variant_options(variant: str, base: dict[str, Any], seed: int,
+                    unet_lr: float | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Config layers and options of an accuracy variant (:data:`VARIANTS`) for one seed; ``unet_lr``: the
+    UNet baseline's learning rate (``--unet-lr``; default: as LCPDN)."""
+    layers, options = VARIANTS[variant]
+    options = {**options, **base, "seed": seed}
+    if variant == "unet" and unet_lr:
+        options["learning_rate"] = unet_lr
+    return layers, options
+
+
+def table_accuracy(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    datalist = smoke_datalist(out) if args.smoke else lvit_datalist(args.data, out)
+    base = base_options(args)
+    ckpt = pretrain_backbone(args, out, datalist, base) if "lcpdn_pretrained" in args.variants else None
+    for seed in args.seeds:
+        for variant in args.variants:
+            if variant == "lcpdn_pretrained":  # the default config on the stage-1 pretrained backbone
+                layers, options = [], {"backbone_ckpt": ckpt, **base, "seed": seed}
+            else:
+                layers, options = variant_options(variant, base, seed, args.unet_lr)
+            train_and_evaluate(f"{variant}{args.tag}_seed{seed}", out, datalist, layers, options)
+
+
+def table_ct(args: argparse.Namespace) -> None:
+    """Train on one CT volume's slices, test on the other's (LCPDN vs UNet)."""
+    from scripts.slice_ct import slice_ct
+
+    out = Path(args.out)
+    if args.smoke:
+        volume = ROOT / "tests" / "data" / "ct_tiny"
+        train = slice_ct(str(volume / "lung2_image.nrrd"), str(volume / "lung2_label.nrrd"), str(out / "slices_train"),
+                         split="training", size=32)["training"]
+        test = train
+    else:
+        ct = Path(args.ct_dir)
+        train = slice_ct(str(ct / "lung2_image.nrrd"), str(ct / "lung2_label.nrrd"), str(out / "slices_lung2"),
+                         split="training", size=256)["training"]
+        test = slice_ct(str(ct / "lung1_image.nrrd"), str(ct / "lung1_label.nrrd"), str(out / "slices_lung1"),
+                        split="validation", size=256)["validation"]
+    # all lesion slices plus every `negative_every`-th lesion-free slice for training; every test slice
+    lesion = [i for i, item in enumerate(train) if "No lesion" not in item["text"]]
+    keep = [item for i, item in enumerate(train) if i in lesion or i % args.negative_every == 0]
+    path = out / "datalist.json"
+    write_datalist(str(path), {"training": keep, "validation": test, "ct_window": [-1000, 400]})
+    modality = str(CONFIGS / "modality" / "ct.json")
+    base = base_options(args)
+    for seed in args.seeds:
+        for variant in args.variants:
+            layers, options = variant_options(variant, base, seed, args.unet_lr)
+            train_and_evaluate(f"ct_{variant}{args.tag}_seed{seed}", out, path, [modality, *layers], options)
+
+
+def pretrain_backbone(args: argparse.Namespace, out: Path, datalist: Path, base: dict[str, Any]) -> str:
+    """Stage-1 denoising pretraining of the backbone (or ``--backbone-ckpt`` when given); returns the checkpoint."""
+    if args.backbone_ckpt:
+        return args.backbone_ckpt
+    pre_dir = out / "pretrain"
+    pre_opts = {**base, "datalist": str(datalist), "ckpt_dir": str(pre_dir / "models"), "log_dir": str(pre_dir / "runs"),
+                "pretrain_epochs": args.pretrain_epochs, "pretrain_splits": args.pretrain_splits}
+    pre_opts.pop("epochs", None)
+    if args.smoke:
+        pre_opts["pretrain_crop"] = [32, 32]
+    pre = run_logged(bundle_command("pretraining", [TRAIN, PRETRAIN], pre_opts), pre_dir / "pretrain.log")
+    append_result(out, {"name": "pretrain", "train": pre, "options": pre_opts, "machine": machine()})
+    if pre["returncode"] != 0:
+        raise RuntimeError(f"pretraining failed, see {pre_dir / 'pretrain.log'}")
+    return str(pre_dir / "models" / "backbone_pretrained.pt")
+
+
+def table_label_efficiency(args: argparse.Namespace) -> None:
+    """The default config on few labelled images, with and without stage-1 pretraining on unlabelled images."""
+    out = Path(args.out)
+    full = smoke_datalist(out) if args.smoke else lvit_datalist(args.data, out)
+    few = out / "datalist_few.json"
+    items = load_datalist(str(full), "training")
+    rng = random.Random(args.subset_seed)
+    write_datalist(str(few), {"training": sorted(rng.sample(items, min(args.train_items, len(items))), key=lambda x: x["image"]),
+                              "validation": load_datalist(str(full), "validation")})
+    base = base_options(args)
+    ckpt = pretrain_backbone(args, out, full, base)
+    for seed in args.seeds:
+        for variant in args.variants:
+            layers, options = variant_options(variant, base, seed, args.unet_lr)
+            train_and_evaluate(f"few{args.train_items}_{variant}{args.tag}_seed{seed}", out, few, layers, options)
+        train_and_evaluate(f"few{args.train_items}_lcpdn_pretrained{args.tag}_seed{seed}", out, few, [],
+                           {**base, "seed": seed, "backbone_ckpt": ckpt})
+
+
+def table_lesions(args: argparse.Namespace) -> None:
+    """Lesion sets from image / mask folders (chest X-ray, CT): LCPDN with each sentence source, and the UNet.
+
+    One patient-grouped split (``scripts/prepare_masks.py``) is made per sentence source, the same split
+    each time (same seed, same groups): only the text differs between the LCPDN rows.
+    """
+    from scripts.prepare_masks import convert_masks
+
+    out = Path(args.out)
+    modality_layer = str(CONFIGS / "modality" / f"{args.modality}.json")
+    base = base_options(args)
+    datalists = {}
+    for source in args.text_sources:
+        datalist = convert_masks(args.images, args.masks, args.lungs, args.csv, modality=args.modality, text=source,
+                                 group_column=args.group_column, orientation=args.orientation,
+                                 notes_fallback="constant" if source == "notes" else None,
+                                 val_fraction=args.val_fraction, seed=args.split_seed)
+        datalists[source] = out / f"datalist_{source}.json"
+        write_datalist(str(datalists[source]), datalist)
+    for seed in args.seeds:
+        for source in args.text_sources if "lcpdn" in args.variants else []:
+            train_and_evaluate(f"{args.name}_lcpdn_{source}{args.tag}_seed{seed}", out, datalists[source], [modality_layer],
+                               {**base, "seed": seed})
+        if "unet" in args.variants:
+            layers, options = variant_options("unet", base, seed)
+            train_and_evaluate(f"{args.name}_unet{args.tag}_seed{seed}", out, datalists[args.text_sources[0]],
+                               [modality_layer, *layers], options)
+
+
+def table_steering(args: argparse.Namespace) -> None:
+    """Does the mask follow the text? Swap left / right (and upper / lower) in each validation sentence.
+
+    For every validation item whose sentence names one side (or one zone), the share of the predicted
+    foreground in that half of the standard display is measured with the sentence as written and with
+    the side (zone) swapped: if the text steers, the share moves to the newly named half.
+    """
+    import torch
+
+    from bundle import dihedral
+
+    record = next(r for r in read_results(Path(args.results)) if r["name"] == args.run and "metrics" in r)
+    net, preprocess = load_run(args.results, record, args.datalist)
+    rows = []
+    for item in load_datalist(args.datalist, "validation"):
+        data = preprocess(dict(item))
+        text = data["text"]
+        for axis, swap, words in (("x", "mirror", ("left", "right")), ("y", "flip_vertical", ("upper", "lower"))):
+            named = {w for w in words if re.search(rf"\b{w}\b", text)}
+            if len(named) != 1:
+                continue
+            display = dihedral.SYMMETRIES[swap]
+            orientation = dihedral.ORIENTATION_MATRICES[item.get("orientation") or "standard"]
+            with torch.inference_mode():
+                preds = [net(data["image"][None].float(), text=[t]).argmax(1) for t in
+                         (text, dihedral.rewrite_locations(text, display, "radiological"))]
+            preds = [dihedral.apply(p, orientation)[0] for p in preds]  # (X, Y) in the standard display
+            # the named half of the standard display: patient's left = viewer's right (x >= X/2), upper: y < Y/2
+            half = torch.zeros(preds[0].shape)
+            if axis == "x":
+                half[half.shape[0] // 2:] = 1.0 if named == {"left"} else 0.0
+                half[: half.shape[0] // 2] = 1.0 if named == {"right"} else 0.0
+            else:
+                half[:, : half.shape[1] // 2] = 1.0 if named == {"upper"} else 0.0
+                half[:, half.shape[1] // 2:] = 1.0 if named == {"lower"} else 0.0
+            shares = [float((p.float() * half).sum() / p.sum()) if p.sum() else float("nan") for p in preds]
+            rows.append({"image": item["image"], "axis": axis, "named": named.pop(), "share_named": shares[0],
+                         "share_named_after_swap": shares[1]})
+    summary = {"name": f"steering_{args.run}", "run": args.run, "items": rows, "machine": machine()}
+    for axis in ("x", "y"):
+        sel = [r for r in rows if r["axis"] == axis and r["share_named"] == r["share_named"] and r["share_named_after_swap"] == r["share_named_after_swap"]]
+        if sel:
+            summary[f"{axis}_n"] = len(sel)
+            summary[f"{axis}_share_named"] = sum(r["share_named"] for r in sel) / len(sel)
+            summary[f"{axis}_share_named_after_swap"] = sum(r["share_named_after_swap"] for r in sel) / len(sel)
+    append_result(Path(args.out), summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "items"}), flush=True)
