@@ -57,7 +57,8 @@ class LCPDN(nn.Module):
         cprfl: use the alignment prompt (P into the time embedding, Q* into cross-attention).
         fusion: ``"ltfr"`` (paper), ``"cross_attention"`` (Table 2 ablation) or ``"textdiff"``.
         fusion_dim: channels per scale after the 1x1 reduction in LTFR / cross-attention fusion.
-        fusion_norm: GroupNorm after that reduction.
+        fusion_norm: GroupNorm after that reduction, so F_img enters Eq. 10's product at unit scale (default;
+            without it LCPDN can stay stuck predicting background: docs/benchmarks.md section 10).
         classifier_hidden: hidden widths of the pixel classifier.
         textdiff_width: width of the TextDiff head (768 in TextDiff).
         out_channels: classes (2 = background / foreground).
@@ -83,7 +84,7 @@ class LCPDN(nn.Module):
         cprfl: bool = True,
         fusion: str = "ltfr",
         fusion_dim: int = 32,
-        fusion_norm: bool = False,
+        fusion_norm: bool = True,
         classifier_hidden: Sequence[int] = (128, 32),
         textdiff_width: int = 768,
         out_channels: int = 2,

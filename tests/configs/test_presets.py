@@ -44,6 +44,9 @@ def test_command_line_false_means_false(tiny_network_options):
     assert not net.extractor.trainable
     assert not any(p.requires_grad for n, p in net.extractor.backbone.named_parameters() if "attn2" not in n and "norm2" not in n)
     assert tuple(net.extractor.backbone.unet.attention_levels) == (False, True)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in net.fusion.modules())  # fusion_norm "False"
+    default = parse(**tiny_network_options).get_parsed_content("network_def")
+    assert all(isinstance(f.reduce[-1], torch.nn.GroupNorm) for f in default.fusion.fusions)  # the default: normalised
     assert parse(amp="false").get_parsed_content("train#trainer").amp is False
     with pytest.raises(Exception) as info:
         parse(cprfl="perhaps", **tiny_network_options).get_parsed_content("network_def")

@@ -123,7 +123,7 @@ def test_encoder_scales_add_one_fusion_per_map(encoders, cprfl):
                 encoder_scales=(1, 0))
     assert net.encoder_scales == [0, 1] and net.image_encoder is not None  # built without CPRFL too
     # 2 backbone blocks (3 timesteps concatenated) + 2 encoder maps
-    assert [f.reduce.in_channels for f in net.fusion.fusions] == [48, 24, 16, 24]
+    assert [next(f.reduce.parameters()).shape[1] for f in net.fusion.fusions] == [48, 24, 16, 24]
     logits = net(X, TEXT)
     assert logits.shape == (2, 2, 32, 32)
     logits.sum().backward()

@@ -39,6 +39,16 @@ def test_ltfr_equations_gate_in_unit_interval_and_shape():
     assert torch.allclose(h, f_star * f_img, atol=1e-6)  # Eq. 9-10
 
 
+def test_normalised_reduction_puts_small_features_at_unit_scale():
+    """The default (fusion_norm): decoder features of a fresh backbone are small (rms 0.05-0.2), and Eq. 10
+    multiplies F_img by F*; normalised, F_img enters the product at unit scale (docs/benchmarks.md section 10)."""
+    torch.manual_seed(0)
+    feature = 0.05 * torch.randn(2, 6, 8, 8)
+    normed = LTFR(6, 12, 4, norm=True)
+    for scale in (1.0, 20.0):
+        assert torch.allclose(normed.reduce(scale * feature).pow(2).mean().sqrt(), torch.tensor(1.0), atol=0.05)
+
+
 def test_ltfr_uses_the_text():
     text, mask = _text()
     ltfr = LTFR(6, 12, 4)
