@@ -6,6 +6,8 @@
   and renaming it, so a kill never leaves a half-written checkpoint.
 - :class:`BestMetricState` + :func:`latest_checkpoint`: what ``--resume`` needs beyond model,
   optimizer and trainer counters (the best validation metric and the best-model saver's memory).
+- :class:`EpochSummary`: the one console line per epoch (loss, training and validation metrics, best so
+  far, learning rate, time); ignite's own INFO lines are silenced in configs/logging.conf.
 - :class:`InputErrorHandler`: the first ``EXCEPTION_RAISED`` handler of every engine, so a user's input
   error ends the run with its one ``ERROR:`` line (bundle/errors.py), not a logged traceback.
 """
@@ -17,20 +19,24 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.inferers import SimpleInferer
 
 from .errors import BundleInputError, find_input_error
-from .utils import atomic_write, check_state_dict, read_checkpoint
+from .utils import atomic_write, check_state_dict, is_terminal, read_checkpoint
 
 __all__ = [
     "InputErrorHandler",
+    "EpochSummary",
+    "quiet_other_ranks",
     "TextInferer",
     "ProgressBar",
     "AtomicCheckpointSaver",
@@ -85,8 +91,60 @@ class InputErrorHandler:
         raise BundleInputError(message) from e
 
 
+def metric_label(name: str) -> str:
+    """``val_mean_dice`` -> ``val Dice``, ``train_loss_avg`` -> ``train loss``: the words of the epoch line."""
+    words = {"dice": "Dice", "iou": "IoU"}
+    return " ".join(words.get(w, w) for w in name.split("_") if w not in ("mean", "avg"))
+
+
+class EpochSummary:
+    """One log line per training epoch, e.g.
+    ``epoch 3/20: train loss 0.8652, train Dice 0.5961, val Dice 0.6210, val IoU 0.4577 (best 0.6210, epoch 3),
+    lr 9.4e-04, 31 s``. List it after the ``ValidationHandler`` so the epoch's validation has run.
+
+    Args:
+        validator: the evaluator run by ``ValidationHandler`` (None: training metrics only).
+    """
+
+    def __init__(self, validator: Any = None) -> None:
+        self.validator = validator
+        self._start, self._lr = 0.0, None
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _epoch_started(self, engine: Any) -> None:
+        self._start = time.perf_counter()
+        optimizer = getattr(engine, "optimizer", None)
+        self._lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+
+    def __call__(self, engine: Any) -> None:
+        values = dict(engine.state.metrics or {})
+        best = ""
+        v = self.validator
+        if v is not None and getattr(v.state, "epoch", None) == engine.state.epoch:  # validated this epoch
+            values.update(v.state.metrics or {})
+            if getattr(v.state, "best_metric_epoch", -1) > 0:
+                best = f" (best {v.state.best_metric:.4f}, epoch {v.state.best_metric_epoch})"
+        parts = [f"{metric_label(k)} {float(x):.4f}" for k, x in values.items() if isinstance(x, (int, float, torch.Tensor))]
+        line = f"epoch {engine.state.epoch}/{engine.state.max_epochs}: " + ", ".join(parts) + best
+        if self._lr is not None:
+            line += f", lr {self._lr:.1e}"
+        logger.info(f"{line}, {time.perf_counter() - self._start:.0f} s")
+
+
+def quiet_other_ranks() -> None:
+    """Distributed runs: ranks > 0 log warnings and errors only (rank 0 prints the epoch lines)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 class ProgressBar(_IgniteProgressBar):
-    """tqdm progress bar for MONAI workflows, which attach handlers with ``attach(engine)`` only.
+    """tqdm progress bar for MONAI workflows, which attach handlers with ``attach(engine)`` only; drawn
+    only on a terminal (in a log file every redraw would be a line).
 
     Args:
         output_transform: engine output -> value shown (e.g. the loss).
@@ -98,6 +156,8 @@ class ProgressBar(_IgniteProgressBar):
         self._output_transform = output_transform
 
     def attach(self, engine: Any, metric_names: Any = None, output_transform: Any = None, **kwargs: Any) -> None:
+        if not is_terminal():
+            return
         super().attach(engine, metric_names, output_transform or self._output_transform, **kwargs)
 
 
@@ -192,6 +252,10 @@ class ResumeCheckpointLoader(CheckedCheckpointLoader):
                 f"{engine.state.max_epochs}: pass --epochs larger than {epoch} to train further"
             )
 
+    def __call__(self, engine: Any) -> None:
+        super().__call__(engine)
+        logger.info(f"resumed from {self.load_path} after epoch {engine.state.epoch} of {engine.state.max_epochs}")
+
 
 class BestMetricState:
     """Checkpointable view of the validation's best metric and of the best-model saver's record.
@@ -242,12 +306,13 @@ def rank_handlers(handlers: Any) -> list:
     (they still run the LR schedule, validation and resume loading, which every rank must do)."""
     import torch.distributed as dist
 
-    from monai.handlers import StatsHandler, TensorBoardStatsHandler, MetricsSaver
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
     handlers = list(handlers or [])
     if not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0:
         return handlers
-    writers = (StatsHandler, TensorBoardStatsHandler, MetricsSaver, CheckpointSaver, _IgniteProgressBar)
+    # MetricsSaver stays: it gathers every rank's per-image rows (a collective) and writes on rank 0 only
+    writers = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver, _IgniteProgressBar, EpochSummary)
     return [h for h in handlers if not isinstance(h, writers)]
 
 
@@ -269,11 +334,10 @@ def print_training_summary(evaluator: Any, ckpt_dir: str) -> None:
     """One closing line: the best validation Dice, its epoch, the last epoch's metrics and where the model is."""
     state = evaluator.state
     last = ", ".join(f"{k} {v:.4f}" for k, v in (state.metrics or {}).items())
-    print(
+    logger.info(
         f"training done: best validation mean Dice {getattr(state, 'best_metric', float('nan')):.4f} at epoch "
         f"{getattr(state, 'best_metric_epoch', '?')} (last validation: {last or 'none'}); best model: "
-        f"{os.path.join(ckpt_dir, 'model.pt')}",
-        flush=True,
+        f"{os.path.join(ckpt_dir, 'model.pt')}"
     )
 
 
@@ -309,5 +373,5 @@ def print_evaluation(evaluator: Any, output_dir: str, split: str, items: Any = N
         if summary[key] is not None:
             lines.append(f"  {key:<20} {100 * summary[key]:6.2f} %")
     lines.append(f"  written: {path} and per-image CSV files in {output_dir}")
-    print("\n".join(lines), flush=True)
+    logger.info("\n".join(lines))
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -83,6 +84,11 @@ def check_file(path: Any, name: str) -> str:
     if not isinstance(path, str) or not os.path.isfile(path):
         raise BundleInputError(f"option {name}: file '{path}' does not exist")
     return path
+
+
+def is_terminal() -> bool:
+    """Whether progress bars have a terminal to draw on (stderr is a TTY); in a log file they are noise."""
+    return bool(getattr(sys.stderr, "isatty", None) and sys.stderr.isatty())
 
 
 def default_device(device: str | None = None) -> torch.device:

@@ -203,3 +203,59 @@ def table_steering(args: argparse.Namespace) -> None:
             summary[f"{axis}_share_named_after_swap"] = sum(r["share_named_after_swap"] for r in sel) / len(sel)
     append_result(Path(args.out), summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "items"}), flush=True)
+
+
+def table_start(args: argparse.Namespace) -> None:
+    """How fast training leaves the all-background start (issue 14 part 6).
+
+    The bundle's own network, loss, optimizer and data loaders (``configs/train.json`` + the modality layer +
+    ``--set``), trained in a plain loop that records per epoch the mean foreground probability on foreground
+    and background pixels, the predicted foreground share and the validation Dice (eval mode, argmax).
+    """
+    import time
+
+    import monai
+    import torch
+    from monai.bundle import ConfigParser
+
+    out = Path(args.out)
+    datalist = smoke_datalist(out) if args.smoke else Path(args.datalist)
+    layers = [TRAIN, str(CONFIGS / "modality" / f"{args.modality}.json")]
+    if args.variant == "unet":
+        layers += VARIANTS["unet"][0]
+    options = {**(SMOKE_OPTIONS if args.smoke else {}), "image_size": [args.size, args.size], **parse_sets(args.set)}
+    parser = ConfigParser()
+    parser.read_config(layers)
+    parser.update({"datalist": str(datalist), "bundle_root": str(out), "seed": args.seed, **options})
+    monai.utils.set_determinism(args.seed)
+    net = parser.get_parsed_content("network")
+    loss_fn, optimizer = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
+    train, val = parser.get_parsed_content("train#dataloader"), parser.get_parsed_content("validate#dataloader")
+    forward = (lambda b: net(b["image"])) if args.variant == "unet" else (lambda b: net(b["image"], b["text"]))
+    dice = monai.metrics.DiceMetric(include_background=False)
+    name = f"start_{args.variant}{args.tag}_seed{args.seed}"
+    curve: list[dict[str, float]] = []
+    for epoch in range(1, args.epochs + 1):
+        net.train()
+        start, rows = time.perf_counter(), []
+        for batch in train:
+            logits = forward(batch)
+            loss = loss_fn(logits, batch["label"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            p_fg, fg = logits.detach().softmax(1)[:, 1], batch["label"][:, 0] > 0.5
+            rows.append([loss.item(), p_fg[fg].mean().item(), p_fg[~fg].mean().item(), (p_fg > 0.5).float().mean().item()])
+        net.eval()
+        dice.reset()
+        with torch.no_grad():
+            for batch in val:
+                pred = torch.nn.functional.one_hot(forward(batch).argmax(1), 2).permute(0, 3, 1, 2)
+                dice(pred, torch.cat([1 - batch["label"], batch["label"]], 1))
+        mean = torch.tensor(rows).mean(0).tolist()
+        row = {"epoch": epoch, "loss": mean[0], "p_fg_on_fg": mean[1], "p_fg_on_bg": mean[2], "pred_fg_share": mean[3],
+               "val_dice": dice.aggregate().item(), "seconds": time.perf_counter() - start}
+        curve.append(row)
+        print(f"{name} epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "epoch"), flush=True)
+    append_result(out, {"name": name, "table": "start", "layers": layers, "options": options, "datalist": str(datalist),
+                        "curve": curve, "machine": machine()})

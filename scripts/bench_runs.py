@@ -38,12 +38,12 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "lcpdn": ([], {}),
     "lcpdn_paper_timesteps": ([], {"timesteps": list(PAPER_TIMESTEPS)}),
     # the frozen image encoder's stride 2-16 feature maps as extra LTFR scales (not in the paper)
-    "lcpdn_encoder_scales": ([], {"encoder_scales": [0, 1, 2, 3]}),
+    "lcpdn_encoder_scales": ([str(CONFIGS / "ablation" / "encoder_scales.json")], {}),
     "unet": ([str(CONFIGS / "baseline" / "unet.json")], {}),
     "cprfl_off": ([str(CONFIGS / "ablation" / "cprfl_off.json")], {}),
     "ltfr_off": ([str(CONFIGS / "ablation" / "ltfr_off.json")], {}),
     # TextDiff's 768-wide head needs ~1.4 TFLOP per 256 px training image: 64 wide keeps it trainable on a CPU
-    "textdiff_head": ([str(CONFIGS / "ablation" / "textdiff_head.json")], {"textdiff_width": 64}),
+    "textdiff_head": ([str(CONFIGS / "ablation" / "textdiff_head.json")], {"network_def#textdiff_width": 64}),
 }
 
 #: speed pipelines: the default, the paper's timesteps, the UNet baseline and the TextDiff-faithful pipelines
@@ -60,7 +60,6 @@ SMOKE_OPTIONS: dict[str, Any] = {
     "prompt_dim": 16,
     "fusion_dim": 8,
     "image_size": [32, 32],
-    "textdiff_width": 8,
     "unet_features": [8, 8, 16, 16, 16, 8],
 }
 
@@ -125,12 +124,17 @@ def bundle_command(run_id: str, config_files: Sequence[str], options: dict[str, 
 
 
 def parse_curve(log: Path) -> dict[str, list[float]]:
-    """Per-epoch validation Dice / IoU and mean training loss from a training log."""
+    """Per-epoch validation Dice / IoU and mean training loss from a training log: the epoch lines of
+    ``bundle.engine.EpochSummary`` ("epoch 3/20: train loss 0.8652, ..., val Dice 0.6210, val IoU 0.4577, ...")."""
+    from bundle.engine import metric_label
+
     text = log.read_text(encoding="utf-8", errors="replace")
     curve: dict[str, list[float]] = {"val_mean_dice": [], "val_mean_iou": [], "train_loss_avg": []}
     for line in text.splitlines():
+        if not re.search(r"\bepoch \d+/\d+: ", line):
+            continue
         for key in curve:
-            m = re.search(rf"Metrics -- .*?\b{key}: ([0-9.eE+-]+)", line)
+            m = re.search(rf"[:,] {metric_label(key)} ([0-9.eE+-]+)", line)
             if m:
                 curve[key].append(float(m.group(1)))
     return curve

@@ -75,8 +75,7 @@ def build_pipeline(pipeline: str, smoke: bool, tmp: Path):
         layers.append(str(CONFIGS / "ablation" / "textdiff_head.json"))
         overrides.update({"backbone_trainable": False, "timesteps": list(PAPER_TIMESTEPS), "text_encoder_path": str(_bert_base_folder("bert", tmp / "bert", smoke)),
                           "text_max_tokens": 10})
-        if not smoke:
-            overrides["textdiff_width"] = 768
+        overrides["network_def#textdiff_width"] = 768 if not smoke else 8
     parser.read_config(layers)
     parser.update(overrides)
     net = parser.get_parsed_content("network_def")

@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True)
     q.add_argument("--datalist", required=True)
     q.add_argument("--out", default="bench/steering")
+    q = sub.add_parser("start", help="per-epoch foreground probability and validation Dice from the first step (all-background start?)")
+    common(q, "bench/start")
+    q.add_argument("--datalist", help="datalist with training and validation splits")
+    q.add_argument("--modality", default="ct", choices=["he", "cxr", "ct"])
+    q.add_argument("--variant", default="lcpdn", choices=["lcpdn", "unet"])
+    q.add_argument("--size", type=int, default=128, help="image size (px)")
+    q.add_argument("--epochs", type=int, default=6)
+    q.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("speed", help="training images/s, inference latency and peak RSS per pipeline")
     common(q, "bench/speed")
     q.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
@@ -132,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.table in ("accuracy", "label-efficiency") and not args.smoke and not args.data:
         raise SystemExit("ERROR: --data (an LViT-layout folder) is required without --smoke")
+    if args.table == "start" and not args.smoke and not args.datalist:
+        raise SystemExit("ERROR: --datalist is required without --smoke")
     if args.table == "ct" and not args.smoke and not args.ct_dir:
         raise SystemExit("ERROR: --ct-dir is required without --smoke")
     action = {
@@ -144,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "figure": bench_report.table_figure,
         "lesions": bench_accuracy.table_lesions,
         "steering": bench_accuracy.table_steering,
+        "start": bench_accuracy.table_start,
         "report": bench_report.table_report,
     }[args.table]
     return run_cli(lambda: action(args))

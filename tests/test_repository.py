@@ -33,3 +33,17 @@ def test_top_level_layout():
         assert (ROOT / name).exists(), name
     assert "Apache License" in (ROOT / "LICENSE").read_text()
     assert "models/" in (ROOT / ".gitignore").read_text()
+
+
+def zoo_json(text: str) -> str:
+    """The model zoo's JSON style (pre-commit-hooks ``pretty-format-json --indent=4 --no-sort-keys``)."""
+    import json
+
+    return json.dumps(json.loads(text), indent=4, ensure_ascii=True, separators=(",", ": ")) + "\n"
+
+
+def test_configs_are_formatted_the_zoo_way():
+    files = sorted((ROOT / "configs").rglob("*.json"))
+    assert len(files) >= 10
+    unformatted = [str(f.relative_to(ROOT)) for f in files if f.read_text(encoding="utf-8") != zoo_json(f.read_text(encoding="utf-8"))]
+    assert not unformatted, f"not zoo-formatted (run `pre-commit run pretty-format-json --all-files`): {unformatted}"

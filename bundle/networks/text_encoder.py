@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import BundleInputError
+from ..utils import is_terminal
 
 __all__ = ["TextEncoder", "default_text_encoder_path", "clear_text_cache"]
 
@@ -60,7 +61,10 @@ class TextEncoder:
 
     def __init__(self, path: str | None = None, max_tokens: int = 32, cache_size: int = 4096) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        if not is_terminal():  # transformers' "Loading weights" bar is one more line in every log file
+            hf_logging.disable_progress_bar()
         path = path or default_text_encoder_path()
         if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
             raise BundleInputError(

@@ -91,8 +91,12 @@ def test_baseline_and_ablation_layers_build(tiny_network_options):
                          ("ablation/textdiff_head.json", lambda n: n.fusion is None and not n.cprfl)):
         net = parse(layer, **tiny_network_options).get_parsed_content("network_def")
         assert check(net), layer
-    net = parse(backbone_norm="batch", **tiny_network_options).get_parsed_content("network_def")
+    net = parse(**{"backbone#norm": "batch"}, **tiny_network_options).get_parsed_content("network_def")
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.extractor.backbone.modules())
+    # the encoder-scales probe (benchmark variant lcpdn_encoder_scales) needs a convolutional image encoder
+    options = {**tiny_network_options, "image_encoder_kind": "efficientnet_lite0", "image_encoder_path": None}
+    net = parse("ablation/encoder_scales.json", **options).get_parsed_content("network_def")
+    assert net.encoder_scales == [0, 1, 2, 3] and len(net.fusion.fusions) == len(options["blocks"]) + 4
 
 
 @pytest.mark.parametrize("preset,blocks", [("monuseg", [6, 8, 12, 16]), ("qata_mosmed", [4, 6, 8, 12])])
@@ -118,3 +122,14 @@ def test_adm_preset_without_the_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("network_def")
     assert "256x256_diffusion_uncond.pt' does not exist (option backbone_ckpt)" in find_input_error(info.value)
+
+
+def test_run_ids_name_their_own_workflow_when_layered():
+    """`training` stays training when evaluate.json (or pretrain_diffusion.json) is layered on train.json;
+    `run`, the id a plain `monai.bundle run` uses, points at the top layer's workflow."""
+    for layer, run_id in (("evaluate.json", "evaluating"), ("pretrain_diffusion.json", "pretraining")):
+        parser = parse(layer)
+        assert parser["run"] == f"@{run_id}"
+        assert parser["training"][0] == "$@train#trainer.run()"
+        assert parser[run_id] != parser["training"]
+    assert parse()["run"] == "@training"

@@ -38,7 +38,25 @@ def test_properties_and_two_epochs_write_models(run_options, tmp_path):
 
 def test_training_alias_and_run_are_the_same_job(run_options):
     wf = workflow(run_options)
-    assert wf.parser.get("training") == "@run"
+    assert wf.parser.get("run") == "@training"
+
+
+@pytest.mark.slow
+def test_console_prints_one_line_per_epoch(run_options):
+    """Piped output (a log file): one line per epoch with loss, Dice, IoU, best, lr and time; no progress-bar
+    redraws, no ignite engine lines, no separate metric dumps; the closing summary goes through the logger."""
+    result = run_bundle("training", [TRAIN], run_options)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    out = result.stdout + result.stderr
+    epochs = [line for line in out.splitlines() if " - bundle.engine - INFO - epoch " in line]
+    assert len(epochs) == 2, out[-3000:]
+    for n, line in enumerate(epochs, 1):
+        assert f"epoch {n}/2: " in line and "train loss " in line and "val Dice " in line and "val IoU " in line
+        assert "(best " in line and ", lr " in line and line.endswith(" s")
+    for noise in ("Engine run", "Metrics --", "Key metric", "Saved checkpoint", "it/s]", "Loading dataset", "Current learning rate"):
+        assert noise not in out, noise
+    after = result.stdout.split("trainable parameters", 1)[1].splitlines()[1:]
+    assert len(after) == 3 and "bundle.engine - INFO - training done" in after[-1], after
 
 
 def test_same_seed_same_first_epoch_loss(run_options):

@@ -45,9 +45,10 @@ def test_speed_and_text_encoder_smoke(tmp_path):
 def test_parse_sets_and_curve(tmp_path):
     assert bench_runs.parse_sets(["epochs=3", "blocks=[1, 2]", "fusion=ltfr"]) == {"epochs": 3, "blocks": [1, 2], "fusion": "ltfr"}
     log = tmp_path / "train.log"
-    log.write_text("x - Epoch[1] Metrics -- val_mean_dice: 0.5000 val_mean_iou: 0.3000\n"
-                   "x - Epoch[1] Metrics -- train_loss_avg: 1.2500 train_mean_dice: 0.4\n")
-    assert bench_runs.parse_curve(log) == {"val_mean_dice": [0.5], "val_mean_iou": [0.3], "train_loss_avg": [1.25]}
+    log.write_text("x - INFO - epoch 1/2: train loss 1.2500, train Dice 0.4000, val Dice 0.5000, val IoU 0.3000 "
+                   "(best 0.5000, epoch 1), lr 1.0e-03, 3 s\n"
+                   "x - INFO - epoch 2/2: train loss 1.1000, train Dice 0.4500, lr 5.0e-04, 3 s\n")  # no validation
+    assert bench_runs.parse_curve(log) == {"val_mean_dice": [0.5], "val_mean_iou": [0.3], "train_loss_avg": [1.25, 1.1]}
     assert json.loads(json.dumps(bench_runs.machine()))["cores"] >= 1
 
 
@@ -148,3 +149,14 @@ def test_every_documented_command_parses(root):
     parser = benchmark.build_parser()
     for argv in commands:
         parser.parse_args(argv)  # argparse exits (SystemExit 2) on an unknown subcommand or option
+
+
+@pytest.mark.slow
+def test_start_probe_records_a_curve(tmp_path):
+    """`benchmark.py start`: the bundle's network and loaders in a plain loop, one curve row per epoch."""
+    out = tmp_path / "start"
+    assert benchmark.main(["start", "--smoke", "--out", str(out), "--modality", "he", "--size", "32", "--epochs", "2"]) == 0
+    (record,) = bench_runs.read_results(out)
+    assert record["name"] == "start_lcpdn_seed0" and [r["epoch"] for r in record["curve"]] == [1, 2]
+    for row in record["curve"]:
+        assert 0.0 <= row["val_dice"] <= 1.0 and 0.0 <= row["p_fg_on_bg"] <= 1.0 and row["loss"] > 0
