@@ -118,13 +118,14 @@ def table_label_efficiency(args: argparse.Namespace) -> None:
     write_datalist(str(few), {"training": sorted(rng.sample(items, min(args.train_items, len(items))), key=lambda x: x["image"]),
                               "validation": load_datalist(str(full), "validation")})
     base = base_options(args)
-    ckpt = pretrain_backbone(args, out, full, base)
+    ckpt = pretrain_backbone(args, out, full, base) if "lcpdn_pretrained" in args.variants else None
     for seed in args.seeds:
         for variant in args.variants:
-            layers, options = variant_options(variant, base, seed, args.unet_lr)
+            if variant == "lcpdn_pretrained":  # the default config on the stage-1 pretrained backbone
+                layers, options = [], {**base, "seed": seed, "backbone_ckpt": ckpt}
+            else:
+                layers, options = variant_options(variant, base, seed, args.unet_lr)
             train_and_evaluate(f"few{args.train_items}_{variant}{args.tag}_seed{seed}", out, few, layers, options)
-        train_and_evaluate(f"few{args.train_items}_lcpdn_pretrained{args.tag}_seed{seed}", out, few, [],
-                           {**base, "seed": seed, "backbone_ckpt": ckpt})
 
 
 def table_lesions(args: argparse.Namespace) -> None:

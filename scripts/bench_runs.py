@@ -39,7 +39,11 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "lcpdn_paper_timesteps": ([], {"timesteps": list(PAPER_TIMESTEPS)}),
     # the frozen image encoder's stride 2-16 feature maps as extra LTFR scales (not in the paper)
     "lcpdn_encoder_scales": ([str(CONFIGS / "ablation" / "encoder_scales.json")], {}),
+    # issue 13: a diffusion UNet whose encoder starts from ImageNet EfficientNet-Lite0, and the same encoder
+    # in MONAI's image-only FlexibleUNet (the fair baseline: a gain could come from the weights alone)
+    "lcpdn_lite0": ([str(CONFIGS / "backbone" / "efficientnet_lite0.json")], {}),
     "unet": ([str(CONFIGS / "baseline" / "unet.json")], {}),
+    "flexunet_lite0": ([str(CONFIGS / "baseline" / "flexible_unet.json")], {}),
     "cprfl_off": ([str(CONFIGS / "ablation" / "cprfl_off.json")], {}),
     "ltfr_off": ([str(CONFIGS / "ablation" / "ltfr_off.json")], {}),
     # TextDiff's 768-wide head needs ~1.4 TFLOP per 256 px training image: 64 wide keeps it trainable on a CPU
@@ -47,7 +51,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
 }
 
 #: speed pipelines: the default, the paper's timesteps, the UNet baseline and the TextDiff-faithful pipelines
-PIPELINES = ("lcpdn", "lcpdn_paper_timesteps", "unet", "textdiff_faithful", "textdiff_faithful_adm")
+PIPELINES = ("lcpdn", "lcpdn_paper_timesteps", "lcpdn_lite0", "unet", "flexunet_lite0", "textdiff_faithful",
+             "textdiff_faithful_adm")
 
 #: the tiny network of --smoke runs (32 px), also the tests' tiny network (tests/conftest.py)
 SMOKE_OPTIONS: dict[str, Any] = {

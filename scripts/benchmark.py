@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--subset-seed", type=int, default=0)
     q.add_argument("--seeds", nargs="+", type=int, default=[0])
     q.add_argument("--epochs", type=int, default=100)
-    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet"], choices=list(VARIANTS),
-                   help="runs without pretraining (lcpdn_pretrained always runs)")
+    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet", "lcpdn_pretrained"],
+                   choices=["lcpdn_pretrained", *VARIANTS],
+                   help="lcpdn_pretrained: the default config on a stage-1 pretrained backbone")
     q.add_argument("--unet-lr", type=float, default=None)
     pretraining(q, splits=["training", "validation", "testing"])
     q = sub.add_parser("lesions", help="image / mask folders (CXR, CT): LCPDN per sentence source, and the UNet")

