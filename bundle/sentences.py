@@ -55,6 +55,7 @@ that is given that information.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -75,6 +76,8 @@ __all__ = [
     "lesion_places",
     "format_sentence",
     "describe_mask",
+    "places_in_sentence",
+    "refer_to_side",
 ]
 
 #: The only words of a sentence that name a place (a flip transform swaps left/right, upper/lower).
@@ -261,3 +264,62 @@ def describe_mask(
     std = to_standard(lesion, orientation)
     std_lungs = None if lungs is None else to_standard(lungs, orientation)
     return format_sentence(lesion_places(std, std_lungs, min_area), modality)
+
+
+_PLACE = re.compile(r"\b(upper|middle|lower) (left|right) lung\b")
+
+
+def places_in_sentence(text: str) -> list[tuple[str, str]]:
+    """The (side, zone) places a generated sentence names, in order: "upper left lung" -> ("left", "upper")."""
+    return [(side, zone) for zone, side in _PLACE.findall(text)]
+
+
+def refer_to_side(
+    lesion: np.ndarray,
+    text: str,
+    side: str,
+    modality: str = "cxr",
+    orientation: str = "standard",
+    min_area: float | None = None,
+) -> tuple[np.ndarray, str] | None:
+    """A referring example: only the infected areas in the patient's ``side`` lung, and the sentence for them.
+
+    A mask with areas in both lungs and its bilateral sentence teach nothing about the location words:
+    the picture alone shows where the lesions are. Keeping one lung's areas, in the mask and in the
+    sentence, makes the words decide what is foreground. The side of each area is the image half holding
+    most of its pixels (standard display, radiological convention), its zone words come from ``text``
+    (they were written with the lung mask, which the training item no longer has), its count from the mask.
+
+    Args:
+        lesion: 2D lesion mask as stored (rows, columns).
+        text: the item's sentence; it must name both lungs.
+        side: "left" or "right" (the patient's).
+        modality, orientation, min_area: as :func:`describe_mask`.
+
+    Returns:
+        (mask as stored, sentence), or None when the sentence or the mask is not bilateral.
+    """
+    if side not in SIDES:
+        raise ValueError(f"side {side!r}: expected one of {SIDES}")
+    named = places_in_sentence(text)
+    zones = [z for s, z in named if s == side]
+    if not zones or len({s for s, _ in named}) != 2:
+        return None
+    lesion = np.asarray(lesion) > 0
+    threshold = _min_pixels(lesion.shape, min_area)
+    keep = np.zeros_like(lesion)
+    kept = other = 0
+    for comp in _components(lesion):
+        std = to_standard(comp, orientation)
+        cols = np.nonzero(std)[1]
+        comp_side = "left" if (cols >= std.shape[1] / 2.0).sum() > cols.size / 2.0 else "right"
+        counts = cols.size >= threshold
+        if comp_side == side:
+            keep |= comp
+            kept += counts
+        else:
+            other += counts
+    if not kept or not other:
+        return None
+    places = [(side, zones[i % len(zones)]) for i in range(kept)]
+    return keep, format_sentence(places, modality)

@@ -163,10 +163,15 @@ def table_steering(args: argparse.Namespace) -> None:
     For every validation item whose sentence names one side (or one zone), the share of the predicted
     foreground in that half of the standard display is measured with the sentence as written and with
     the side (zone) swapped: if the text steers, the share moves to the newly named half.
+
+    Referring: every validation item whose sentence names both lungs is also given, in turn, the sentence
+    for each lung alone (:func:`bundle.sentences.refer_to_side`); recorded are the share of the predicted
+    foreground in the named half and the Dice against that lung's lesions.
     """
     import torch
 
     from bundle import dihedral
+    from bundle.sentences import SIDES, refer_to_side, to_standard
 
     record = next(r for r in read_results(Path(args.results)) if r["name"] == args.run and "metrics" in r)
     net, preprocess = load_run(args.results, record, args.datalist)
@@ -195,6 +200,22 @@ def table_steering(args: argparse.Namespace) -> None:
             shares = [float((p.float() * half).sum() / p.sum()) if p.sum() else float("nan") for p in preds]
             rows.append({"image": item["image"], "axis": axis, "named": named.pop(), "share_named": shares[0],
                          "share_named_after_swap": shares[1]})
+        orientation_name = item.get("orientation") or "standard"
+        stored_mask = data["label"][0].numpy().T > 0  # (X, Y) -> rows, columns
+        for side in SIDES:
+            referred = refer_to_side(stored_mask, text, side, data.get("modality", "cxr"), orientation_name)
+            if referred is None:
+                continue
+            with torch.inference_mode():
+                pred = net(data["image"][None].float(), text=[referred[1]]).argmax(1)[0].numpy().T > 0
+            std_pred = to_standard(pred, orientation_name)
+            width = std_pred.shape[1]
+            in_side = std_pred[:, width // 2:] if side == "left" else std_pred[:, : width // 2]  # patient's left: viewer's right
+            target = referred[0]
+            dice = 2 * float((pred & target).sum()) / max(float(pred.sum() + target.sum()), 1.0)
+            rows.append({"image": item["image"], "axis": "referring", "named": side, "text": referred[1],
+                         "share_named": float(in_side.sum() / std_pred.sum()) if std_pred.sum() else float("nan"),
+                         "dice_named_lung": dice})
     summary = {"name": f"steering_{args.run}", "run": args.run, "items": rows, "machine": machine()}
     for axis in ("x", "y"):
         sel = [r for r in rows if r["axis"] == axis and r["share_named"] == r["share_named"] and r["share_named_after_swap"] == r["share_named_after_swap"]]
@@ -202,6 +223,11 @@ def table_steering(args: argparse.Namespace) -> None:
             summary[f"{axis}_n"] = len(sel)
             summary[f"{axis}_share_named"] = sum(r["share_named"] for r in sel) / len(sel)
             summary[f"{axis}_share_named_after_swap"] = sum(r["share_named_after_swap"] for r in sel) / len(sel)
+    sel = [r for r in rows if r["axis"] == "referring" and r["share_named"] == r["share_named"]]
+    if sel:
+        summary["referring_n"] = len(sel)
+        summary["referring_share_named"] = sum(r["share_named"] for r in sel) / len(sel)
+        summary["referring_dice_named_lung"] = sum(r["dice_named_lung"] for r in sel) / len(sel)
     append_result(Path(args.out), summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "items"}), flush=True)
 

@@ -15,6 +15,8 @@ from bundle.sentences import (
     count_word,
     describe_mask,
     lesion_places,
+    places_in_sentence,
+    refer_to_side,
     split_lungs,
 )
 
@@ -168,3 +170,40 @@ def test_bad_inputs() -> None:
         describe_mask(blank(), np.zeros((10, 10)))
     with pytest.raises(BundleInputError, match="must be 2D"):
         describe_mask(np.zeros((2, 3, 4, 5)))
+
+
+def _bilateral(shape=(60, 60)) -> np.ndarray:
+    """Standard display: one area in the image's left half (patient's right), two in its right half."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[5:15, 5:15] = True  # upper, patient's right
+    mask[40:50, 40:50] = True  # lower, patient's left
+    mask[25:32, 45:52] = True  # middle, patient's left
+    return mask
+
+
+def test_referring_example_keeps_one_lung_in_mask_and_sentence():
+    mask = _bilateral()
+    text = describe_mask(mask, None, "cxr")
+    assert text == "Bilateral pulmonary infection, three infected areas, middle left lung, lower left lung and upper right lung."
+    kept, sentence = refer_to_side(mask, text, "left", "cxr")
+    assert sentence == "Unilateral pulmonary infection, two infected areas, middle left lung and lower left lung."
+    assert sentence == describe_mask(kept, None, "cxr") and not kept[:, :30].any() and kept.sum() == 149
+    kept, sentence = refer_to_side(mask, text, "right", "cxr")
+    assert sentence == "Unilateral pulmonary infection, one infected area, upper right lung." and kept.sum() == 100
+    # stored transposed (ct_covid): sides are those of the displayed slice
+    stored = mask.T
+    kept, sentence = refer_to_side(stored, describe_mask(stored, None, "ct", "transposed"), "right", "ct", "transposed")
+    assert sentence == "Unilateral pulmonary infection, one infected area, upper right lung." and np.array_equal(kept.T[:, :30], mask[:, :30])
+
+
+def test_no_referring_example_from_unilateral_items():
+    mask = _bilateral()
+    mask[:, 30:] = False
+    text = describe_mask(mask, None, "cxr")
+    assert refer_to_side(mask, text, "right", "cxr") is None  # the sentence names one lung
+    assert refer_to_side(_bilateral(), "Bilateral pulmonary infection, two infected areas.", "left") is None
+    both = "Bilateral pulmonary infection, two infected areas, upper left lung and upper right lung."
+    assert refer_to_side(mask, both, "right", "cxr") is None  # the mask has no area in the other lung
+    assert places_in_sentence(both) == [("left", "upper"), ("right", "upper")]
+    with pytest.raises(ValueError, match="side"):
+        refer_to_side(mask, both, "middle")

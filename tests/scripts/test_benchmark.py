@@ -117,6 +117,10 @@ def test_lesions_and_steering_smoke(tmp_path, root):
                            str(out / "datalist_generated.json"), "--out", str(tmp_path / "steer")]) == 0
     (record,) = bench_runs.read_results(tmp_path / "steer")
     assert record["run"] == "cxr_lcpdn_generated_seed0" and isinstance(record["items"], list)
+    bilateral = [i for i in generated["validation"] if i["text"].startswith("Bilateral")]
+    referring = [r for r in record["items"] if r["axis"] == "referring"]
+    assert len(referring) <= 2 * len(bilateral)  # each lung of each bilateral item, at most
+    assert all(r["text"].startswith("Unilateral") and 0 <= r["dice_named_lung"] <= 1 for r in referring)
 
 
 def documented_commands(root) -> list[list[str]]:
