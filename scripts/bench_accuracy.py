@@ -286,3 +286,48 @@ def table_start(args: argparse.Namespace) -> None:
         print(f"{name} epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "epoch"), flush=True)
     append_result(out, {"name": name, "table": "start", "layers": layers, "options": options, "datalist": str(datalist),
                         "curve": curve, "machine": machine()})
+
+
+def table_label_resize(args: argparse.Namespace) -> None:
+    """How much of a Dice score is the resizing of the reference mask (issue 13, the training recipe)?
+
+    The predictions of a recorded run on its validation images (256 px) are scored against the reference
+    mask of the run's own validation preprocessing (what its evaluation measured) and resized three more
+    ways: PIL nearest neighbour (pixel-centre sampling, like the image's resize), PIL bilinear then
+    thresholded at half (as the stand-alone script of issue 13 did), and not at all (the original
+    resolution, the logits resized up bilinearly: the mask a user gets back). Same predictions each time.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    record = next(r for r in read_results(Path(args.results)) if r["name"] == args.run and "metrics" in r)
+    net, preprocess = load_run(args.results, record, args.datalist)
+
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+    rows = []
+    for item in load_datalist(args.datalist, "validation"):
+        data = preprocess(dict(item))
+        with torch.inference_mode():
+            logits = net(data["image"][None].float(), text=[data["text"]])  # (1, 2, X, Y)
+        pred = logits.argmax(1)[0].numpy().T > 0  # rows, columns at 256 px
+        levels = np.asarray(Image.open(item["label"]).convert("L"), dtype=np.float32)
+        reference = Image.fromarray(levels / max(float(levels.max()), 1.0))  # 0 / 1, mode "F"
+        size = pred.shape[::-1]  # PIL: (width, height)
+        full = np.asarray(reference) > 0.5
+        up = F.interpolate(logits, size=full.shape[::-1], mode="bilinear", align_corners=False).argmax(1)[0].numpy().T > 0
+        rows.append({
+            "image": item["image"],
+            "dice_bundle_label": dice(pred, data["label"][0].numpy().T > 0),
+            "dice_nearest": dice(pred, np.asarray(reference.resize(size, Image.NEAREST)) > 0.5),
+            "dice_bilinear": dice(pred, np.asarray(reference.resize(size, Image.BILINEAR)) > 0.5),
+            "dice_original_size": dice(up, full),
+        })
+    summary = {"name": f"label_resize_{args.run}", "run": args.run, "items": rows, "machine": machine()}
+    for key in ("dice_bundle_label", "dice_nearest", "dice_bilinear", "dice_original_size"):
+        summary[key] = sum(r[key] for r in rows) / len(rows)
+    append_result(Path(args.out), summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "items"}), flush=True)

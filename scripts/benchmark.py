@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True)
     q.add_argument("--datalist", required=True)
     q.add_argument("--out", default="bench/steering")
+    q = sub.add_parser("label-resize", help="one run's validation predictions scored against nearest / bilinear / original-size masks")
+    q.add_argument("--results", required=True, help="results folder holding the run")
+    q.add_argument("--run", required=True)
+    q.add_argument("--datalist", required=True)
+    q.add_argument("--out", default="bench/label_resize")
     q = sub.add_parser("start", help="per-epoch foreground probability and validation Dice from the first step (all-background start?)")
     common(q, "bench/start")
     q.add_argument("--datalist", help="datalist with training and validation splits")
@@ -155,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "figure": bench_report.table_figure,
         "lesions": bench_accuracy.table_lesions,
         "steering": bench_accuracy.table_steering,
+        "label-resize": bench_accuracy.table_label_resize,
         "start": bench_accuracy.table_start,
         "report": bench_report.table_report,
     }[args.table]

@@ -121,6 +121,11 @@ def test_lesions_and_steering_smoke(tmp_path, root):
     referring = [r for r in record["items"] if r["axis"] == "referring"]
     assert len(referring) <= 2 * len(bilateral)  # each lung of each bilateral item, at most
     assert all(r["text"].startswith("Unilateral") and 0 <= r["dice_named_lung"] <= 1 for r in referring)
+    assert benchmark.main(["label-resize", "--results", str(out), "--run", "cxr_lcpdn_generated_seed0", "--datalist",
+                           str(out / "datalist_generated.json"), "--out", str(tmp_path / "resize")]) == 0
+    (record,) = bench_runs.read_results(tmp_path / "resize")
+    assert len(record["items"]) == len(generated["validation"])
+    assert all(0 <= record[k] <= 1 for k in ("dice_bundle_label", "dice_nearest", "dice_bilinear", "dice_original_size"))
 
 
 def documented_commands(root) -> list[list[str]]:
