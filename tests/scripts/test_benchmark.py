@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from monai.bundle import ConfigParser
 
 from scripts import bench_report, bench_runs, bench_speed, benchmark
 
@@ -154,10 +155,18 @@ def test_every_documented_command_parses(root):
     """The split into bench_* modules keeps the command line: each documented command is still accepted."""
     commands = documented_commands(root)
     assert len(commands) >= 20 and {c[0] for c in commands} >= {"accuracy", "ct", "label-efficiency", "speed",
-                                                                  "text-encoders", "figure", "report", "lesions", "steering"}
+                                                                  "text-encoders", "figure", "report", "lesions", "steering",
+                                                                  "label-resize"}
     parser = benchmark.build_parser()
+    config = ConfigParser()
+    config.read_config(bench_runs.TRAIN)
     for argv in commands:
-        parser.parse_args(argv)  # argparse exits (SystemExit 2) on an unknown subcommand or option
+        args = parser.parse_args(argv)  # argparse exits (SystemExit 2) on an unknown subcommand or option
+        for key in bench_runs.parse_sets(getattr(args, "set", [])):  # a config path's parent must exist
+            if "#" in key:
+                assert key.rsplit("#", 1)[0] in config, (argv, key)
+    resize = config["train"]["deterministic_transforms"][7]  # the index the documented commands name
+    assert resize["_target_"] == "Resized" and resize["mode"] == ["bilinear", "nearest-exact"]
 
 
 @pytest.mark.slow
