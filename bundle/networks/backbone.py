@@ -40,6 +40,15 @@ def _group_to_batch_norm(module: nn.Module) -> None:
             _group_to_batch_norm(child)
 
 
+def transformer_cross_attention(module: nn.Module) -> list[nn.Module]:
+    """MONAI's cross-attention (``attn2``) and its pre-norm (``norm2``) in every transformer block under ``module``."""
+    return [
+        m
+        for name, m in module.named_modules()
+        if ".transformer_blocks." in name and name.rsplit(".", 1)[-1] in ("attn2", "norm2")
+    ]
+
+
 @runtime_checkable
 class DecoderFeatureBackbone(Protocol):
     """What :class:`DiffusionFeatureExtractor` needs from a diffusion UNet."""
@@ -160,12 +169,7 @@ class MonaiDiffusionBackbone(nn.Module):
         return list(self._strides)
 
     def cross_attention_modules(self) -> list[nn.Module]:
-        """MONAI's cross-attention (``attn2``) and its pre-norm (``norm2``) in every transformer block."""
-        return [
-            m
-            for name, m in self.unet.named_modules()
-            if ".transformer_blocks." in name and name.rsplit(".", 1)[-1] in ("attn2", "norm2")
-        ]
+        return transformer_cross_attention(self.unet)
 
     def modules_after(self, block: int) -> list[nn.Module]:
         unet = self.unet

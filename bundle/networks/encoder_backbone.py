@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import BundleInputError
 from ..utils import as_bool
+from .backbone import transformer_cross_attention
 from .efficientnet import LITE0_CHANNELS, EfficientNetLiteEncoder
 from .masked_attention import mask_cross_attention, pack_context
 
@@ -122,12 +123,7 @@ class PretrainedEncoderBackbone(nn.Module):
         return list(self._strides)
 
     def cross_attention_modules(self) -> list[nn.Module]:
-        """Cross-attention (``attn2``) and its pre-norm (``norm2``) of every transformer block."""
-        return [
-            m
-            for name, m in self.named_modules()
-            if ".transformer_blocks." in name and name.rsplit(".", 1)[-1] in ("attn2", "norm2")
-        ]
+        return transformer_cross_attention(self)
 
     def modules_after(self, block: int) -> list[nn.Module]:
         return [self.out, *self.up[block + 1 :], *self.attentions[block + 1 :]]
