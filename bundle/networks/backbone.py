@@ -31,13 +31,19 @@ from .masked_attention import mask_cross_attention, pack_context
 __all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
 
 
-def _group_to_batch_norm(module: nn.Module) -> None:
-    """Replace, in place, every ``GroupNorm`` under ``module`` by a ``BatchNorm2d`` over the same channels."""
+#: backbone normalisations: MONAI's GroupNorm, BatchNorm, or per-channel GroupNorm (an affine instance norm)
+BACKBONE_NORMS = ("group", "batch", "channel")
+
+
+def _replace_group_norm(module: nn.Module, norm: str) -> None:
+    """Replace, in place, every ``GroupNorm`` under ``module`` by a BatchNorm (``"batch"``) or by a GroupNorm
+    with one channel per group (``"channel"``: BasicUNet's affine instance norm) over the same channels."""
     for name, child in module.named_children():
         if isinstance(child, nn.GroupNorm):
-            setattr(module, name, nn.BatchNorm2d(child.num_channels, eps=child.eps, affine=child.affine))
+            c, eps, affine = child.num_channels, child.eps, child.affine
+            setattr(module, name, nn.BatchNorm2d(c, eps, affine=affine) if norm == "batch" else nn.GroupNorm(c, c, eps, affine))
         else:
-            _group_to_batch_norm(child)
+            _replace_group_norm(child, norm)
 
 
 def transformer_cross_attention(module: nn.Module) -> list[nn.Module]:
@@ -106,7 +112,10 @@ class MonaiDiffusionBackbone(nn.Module):
         cross_attention_dim: width of context tokens; ``None`` builds a UNet without cross-attention.
         norm: ``"group"`` (``DiffusionModelUNet``'s GroupNorm, what diffusion checkpoints expect) or
             ``"batch"``: every GroupNorm replaced by a BatchNorm over the same channels, for a backbone
-            trained from scratch as a segmentation network (measured worse: docs/benchmarks.md section 2).
+            trained from scratch as a segmentation network (measured worse: docs/benchmarks.md section 2),
+            or ``"channel"``: one channel per group, the affine instance norm of MONAI's ``BasicUNet``
+            (its per-channel mean removal also removes the timestep embedding P that each residual unit
+            adds before its second norm; section 13).
         kwargs: any other ``DiffusionModelUNet`` argument (``norm_num_groups``, ``num_head_channels``...).
     """
 
@@ -123,8 +132,8 @@ class MonaiDiffusionBackbone(nn.Module):
         **kwargs,
     ) -> None:
         super().__init__()
-        if norm not in ("group", "batch"):
-            raise BundleInputError(f"backbone norm {norm!r}: expected 'group' or 'batch'")
+        if norm not in BACKBONE_NORMS:
+            raise BundleInputError(f"backbone norm {norm!r}: expected one of {', '.join(BACKBONE_NORMS)}")
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=in_channels,
@@ -138,8 +147,8 @@ class MonaiDiffusionBackbone(nn.Module):
             norm_num_groups=norm_num_groups,
             **kwargs,
         )
-        if norm == "batch":
-            _group_to_batch_norm(self.unet)
+        if norm != "group":
+            _replace_group_norm(self.unet, norm)
         if cross_attention_dim is not None:
             mask_cross_attention(self.unet)  # padding tokens of the prompt are no keys
         self.in_channels = in_channels

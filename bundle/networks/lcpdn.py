@@ -72,8 +72,6 @@ class LCPDN(nn.Module):
         encoder_scales: stages of the frozen image encoder whose feature maps join the diffusion
             features as extra LTFR scales (not in the paper; ``()`` = the paper). For EfficientNet-Lite0
             stage k is at stride 2^(k+1). Needs a convolutional image encoder; built also without CPRFL.
-        ltfr_text: how LTFR gives each position the text: ``"tiled"`` (the paper) or ``"pooled"`` (the
-            whole sentence and the position's coordinates; see :class:`~bundle.networks.ltfr.LTFR`).
     """
 
     def __init__(
@@ -98,7 +96,6 @@ class LCPDN(nn.Module):
         training_noise: str = "shared",
         channels_last: bool = True,
         encoder_scales: Sequence[int] = (),
-        ltfr_text: str = "tiled",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -142,11 +139,8 @@ class LCPDN(nn.Module):
             self.fusion = None
             self.classifier = TextDiffHead(in_channels, text_dim, textdiff_width, out_channels=out_channels)
         else:
-            if fusion == "ltfr":
-                fusions = [LTFR(c, text_dim, fusion_dim, fusion_norm, ltfr_text) for c in in_channels]
-            else:
-                fusions = [CrossAttentionFusion(c, text_dim, fusion_dim, fusion_norm) for c in in_channels]
-            self.fusion = MultiScaleFusion(fusions)
+            module = LTFR if fusion == "ltfr" else CrossAttentionFusion
+            self.fusion = MultiScaleFusion([module(c, text_dim, fusion_dim, fusion_norm) for c in in_channels])
             self.classifier = PixelClassifier(fusion_dim * len(in_channels), out_channels, classifier_hidden)
         self._multiple = max(self.extractor.backbone.decoder_block_strides())
         self.channels_last = bool(channels_last)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from bundle.errors import BundleInputError
 from bundle.networks import CrossAttentionFusion, LTFR, MultiScaleFusion, PixelClassifier, TextDiffHead, tile_text
 
 
@@ -80,23 +78,3 @@ def test_pixel_classifier_and_textdiff_head_shapes():
     head = TextDiffHead([6, 8], text_dim=12, width=16, heads=2)
     out = head([torch.randn(2, 6, 4, 4), torch.randn(2, 8, 8, 8)], text, mask, (16, 16))
     assert out.shape == (2, 2, 16, 16)
-
-
-def test_pooled_layout_gives_every_position_the_whole_sentence_and_where_it_is():
-    torch.manual_seed(0)
-    m = LTFR(8, 6, 4, norm=True, text_layout="pooled")
-    feature = torch.randn(1, 8, 1, 1).expand(1, 8, 5, 7).contiguous()  # the same feature everywhere
-    text, mask = torch.randn(1, 3, 6), torch.ones(1, 3, dtype=torch.bool)
-    out = m(feature, text, mask)
-    assert not torch.allclose(out[..., 0, 0], out[..., 4, 6])  # the coordinates make positions differ
-    changed = text.clone()
-    changed[0, 0] += 1.0  # one word of the sentence
-    moved = (m(feature, changed, mask) - out).abs().amax(dim=1)[0]
-    assert bool((moved > 0).all())  # ... reaches every position, not only those tiled with that token
-    padded = torch.cat([text, torch.randn(1, 4, 6)], dim=1)
-    assert torch.allclose(m(feature, padded, torch.tensor([[True] * 3 + [False] * 4])), out, atol=1e-6)
-    tiled = LTFR(8, 6, 4, norm=True)
-    t_moved = (tiled(feature, changed, mask) - tiled(feature, text, mask)).abs().amax(dim=1)[0]
-    assert not bool((t_moved > 0).all())  # tiled: the word reaches a third of the positions
-    with pytest.raises(BundleInputError, match="text layout"):
-        LTFR(8, 6, 4, text_layout="spread")
