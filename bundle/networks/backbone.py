@@ -31,21 +31,6 @@ from .masked_attention import mask_cross_attention, pack_context
 __all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
 
 
-#: backbone normalisations: MONAI's GroupNorm, BatchNorm, or per-channel GroupNorm (an affine instance norm)
-BACKBONE_NORMS = ("group", "batch", "channel")
-
-
-def _replace_group_norm(module: nn.Module, norm: str) -> None:
-    """Replace, in place, every ``GroupNorm`` under ``module`` by a BatchNorm (``"batch"``) or by a GroupNorm
-    with one channel per group (``"channel"``: BasicUNet's affine instance norm) over the same channels."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.GroupNorm):
-            c, eps, affine = child.num_channels, child.eps, child.affine
-            setattr(module, name, nn.BatchNorm2d(c, eps, affine=affine) if norm == "batch" else nn.GroupNorm(c, c, eps, affine))
-        else:
-            _replace_group_norm(child, norm)
-
-
 def transformer_cross_attention(module: nn.Module) -> list[nn.Module]:
     """MONAI's cross-attention (``attn2``) and its pre-norm (``norm2``) in every transformer block under ``module``."""
     return [
@@ -110,12 +95,6 @@ class MonaiDiffusionBackbone(nn.Module):
         attention_levels: which levels carry attention (cross-attention when ``cross_attention_dim``).
         num_res_blocks: residual blocks per encoder level (the decoder has one more per level).
         cross_attention_dim: width of context tokens; ``None`` builds a UNet without cross-attention.
-        norm: ``"group"`` (``DiffusionModelUNet``'s GroupNorm, what diffusion checkpoints expect) or
-            ``"batch"``: every GroupNorm replaced by a BatchNorm over the same channels, for a backbone
-            trained from scratch as a segmentation network (measured worse: docs/benchmarks.md section 2),
-            or ``"channel"``: one channel per group, the affine instance norm of MONAI's ``BasicUNet``
-            (its per-channel mean removal also removes the timestep embedding P that each residual unit
-            adds before its second norm; section 13).
         kwargs: any other ``DiffusionModelUNet`` argument (``norm_num_groups``, ``num_head_channels``...).
     """
 
@@ -128,12 +107,9 @@ class MonaiDiffusionBackbone(nn.Module):
         cross_attention_dim: int | None = None,
         num_head_channels: Sequence[int] | int = 32,
         norm_num_groups: int = 16,
-        norm: str = "group",
         **kwargs,
     ) -> None:
         super().__init__()
-        if norm not in BACKBONE_NORMS:
-            raise BundleInputError(f"backbone norm {norm!r}: expected one of {', '.join(BACKBONE_NORMS)}")
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=in_channels,
@@ -147,8 +123,6 @@ class MonaiDiffusionBackbone(nn.Module):
             norm_num_groups=norm_num_groups,
             **kwargs,
         )
-        if norm != "group":
-            _replace_group_norm(self.unet, norm)
         if cross_attention_dim is not None:
             mask_cross_attention(self.unet)  # padding tokens of the prompt are no keys
         self.in_channels = in_channels
@@ -245,7 +219,7 @@ def load_backbone_weights(
     path: str | os.PathLike | None,
     option: str = "backbone_ckpt",
     what: str = "backbone checkpoint",
-    hint: str = "Check that the backbone options (channels, attention levels, norm, cross_attention_dim / cprfl) match "
+    hint: str = "Check that the backbone options (channels, attention levels, cross_attention_dim / cprfl) match "
     "the run that wrote this checkpoint.",
 ) -> nn.Module:
     """Load a backbone checkpoint from a local file; any mismatch is one error naming the first bad key.

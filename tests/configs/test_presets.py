@@ -91,8 +91,6 @@ def test_baseline_and_ablation_layers_build(tiny_network_options):
                          ("ablation/textdiff_head.json", lambda n: n.fusion is None and not n.cprfl)):
         net = parse(layer, **tiny_network_options).get_parsed_content("network_def")
         assert check(net), layer
-    net = parse(**{"backbone#norm": "batch"}, **tiny_network_options).get_parsed_content("network_def")
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.extractor.backbone.modules())
     # the encoder-scales probe (benchmark variant lcpdn_encoder_scales) needs a convolutional image encoder
     options = {**tiny_network_options, "image_encoder_kind": "efficientnet_lite0", "image_encoder_path": None}
     net = parse("ablation/encoder_scales.json", **options).get_parsed_content("network_def")

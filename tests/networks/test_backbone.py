@@ -120,45 +120,6 @@ def test_bad_blocks_and_timesteps_are_clear_errors():
         DiffusionFeatureExtractor(tiny_backbone(), timesteps=(1000,), blocks=(0,))
 
 
-def test_batch_norm_backbone_replaces_every_group_norm_and_keeps_the_block_layout(tmp_path):
-    group = tiny_backbone()
-    torch.manual_seed(0)
-    batch = MonaiDiffusionBackbone(3, (8, 16, 16), (False, False, True), 1, cross_attention_dim=16,
-                                   num_head_channels=8, norm_num_groups=8, norm="batch")
-    n_group = sum(isinstance(m, torch.nn.GroupNorm) for m in group.modules())
-    assert not any(isinstance(m, torch.nn.GroupNorm) for m in batch.modules())
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in batch.modules()) == n_group > 0
-    assert batch.decoder_block_channels() == group.decoder_block_channels()
-    n = len(batch.decoder_block_channels())
-    x, t, ctx = torch.randn(2, 3, 32, 32), torch.tensor([0, 0]), torch.randn(2, 4, 16)
-    feats = batch.decoder_features(x, t, list(range(n)), context=ctx)  # training mode: batch statistics
-    assert [f.shape[1] for f in feats] == batch.decoder_block_channels()
-    batch.eval()  # evaluation: running statistics, so an image's features do not depend on its batch
-    alone = batch.decoder_features(x[:1], t[:1], [n - 1], context=ctx[:1])[0]
-    assert torch.allclose(batch.decoder_features(x, t, [n - 1], context=ctx)[0][:1], alone, atol=1e-5)
-    with pytest.raises(BundleInputError, match="norm"):
-        MonaiDiffusionBackbone(3, (8, 16, 16), (False, False, True), 1, norm_num_groups=8, norm="layer")
-    torch.save(group.unet.state_dict(), tmp_path / "group.pt")  # a GroupNorm stage-1 checkpoint
-    with pytest.raises(BundleInputError, match="norm"):
-        load_backbone_weights(batch, tmp_path / "group.pt")
-
-
-def test_channel_norm_backbone_normalises_each_channel_of_each_image_on_its_own():
-    group = tiny_backbone()
-    channel = MonaiDiffusionBackbone(3, (8, 16, 16), (False, False, True), 1, cross_attention_dim=16,
-                                     num_head_channels=8, norm_num_groups=8, norm="channel")
-    norms = [m for m in channel.modules() if isinstance(m, torch.nn.GroupNorm)]
-    assert len(norms) == sum(isinstance(m, torch.nn.GroupNorm) for m in group.modules()) > 0
-    assert all(m.num_groups == m.num_channels for m in norms)
-    assert channel.state_dict().keys() == group.state_dict().keys()  # same parameters: a checkpoint loads
-    block = channel.unet.up_blocks[0].resnets[0]
-    x = torch.randn(1, block.conv1.conv.in_channels, 4, 4)
-    emb = torch.randn(1, channel.time_embed_dim)
-    # the timestep embedding is a per-channel constant added before the residual unit's second norm
-    assert torch.allclose(block(x, emb), block(x, emb + torch.randn_like(emb)), atol=1e-5)
-    assert not torch.allclose(group.unet.up_blocks[0].resnets[0](x, emb), group.unet.up_blocks[0].resnets[0](x, 3 * emb))
-
-
 def test_modules_after_the_last_block_are_not_trainable():
     fe = DiffusionFeatureExtractor(tiny_backbone(), blocks=(0, 2))
     unet = fe.backbone.unet
