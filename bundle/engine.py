@@ -1,7 +1,9 @@
 """Engine glue the configs use around stock MONAI trainers, evaluators and handlers.
 
 - :class:`TextInferer`: passes the per-item sentences (or a fixed prompt, e.g. MONAI Label's
-  ``text_prompt``) to the network next to the image.
+  ``text_prompt``) to the network next to the image; optionally averages over the training symmetries
+  with the sentence rewritten (test-time augmentation that keeps the text true). :class:`PrepareTextBatch`
+  hands it the sentences and the items' stored orientation.
 - :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` writing every file to a temporary name
   and renaming it, so a kill never leaves a half-written checkpoint.
 - :class:`BestMetricState` + :func:`latest_checkpoint`: what ``--resume`` needs beyond model,
@@ -28,8 +30,10 @@ from ignite.engine import Events
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.engines import PrepareBatchExtraInput
 from monai.inferers import SimpleInferer
 
+from . import dihedral
 from .errors import BundleInputError, find_input_error
 from .utils import atomic_write, check_state_dict, is_terminal, read_checkpoint
 
@@ -38,6 +42,7 @@ __all__ = [
     "EpochSummary",
     "quiet_other_ranks",
     "TextInferer",
+    "PrepareTextBatch",
     "ProgressBar",
     "AtomicCheckpointSaver",
     "CheckedCheckpointLoader",
@@ -56,17 +61,76 @@ logger = logging.getLogger(__name__)
 class TextInferer(SimpleInferer):
     """``network(inputs, text=...)`` with the batch's sentences, or ``text`` for every image when given.
 
+    With ``symmetries`` other than ``"none"`` it is also a test-time augmentation that keeps the text
+    true: the network sees the picture under the identity and under every symmetry of that set of
+    :data:`bundle.dihedral.SYMMETRY_SETS` (the set it was trained with), each time with the location
+    words moved with the picture (:func:`bundle.dihedral.rewrite_locations`); each prediction is moved
+    back, and the class probabilities are averaged. It returns their log, so a softmax or an argmax
+    after it reads them as it reads logits.
+
     Args:
         text: fixed sentence overriding the items' text (None or empty: use the items' text, or the
             network's modality default when the batch carries none).
+        symmetries: ``"none"`` (one pass) or a name of :data:`bundle.dihedral.SYMMETRY_SETS`.
+        modality: picks the location convention ("he": the viewer's sides; "cxr" / "ct": the patient's).
+        reads_text: False for an image-only network (the baselines): it is called as ``network(inputs)``.
     """
 
-    def __init__(self, text: str | None = None) -> None:
+    def __init__(
+        self, text: str | None = None, symmetries: str = "none", modality: str = "he", reads_text: bool = True
+    ) -> None:
         super().__init__()
+        self.reads_text = bool(reads_text)
         self.text = text.strip() if isinstance(text, str) and text.strip() else None
+        if symmetries not in dihedral.SYMMETRY_SETS:
+            raise BundleInputError(
+                f"option augment_symmetries {symmetries!r}: expected one of {', '.join(dihedral.SYMMETRY_SETS)}"
+            )
+        self.symmetries = ("identity", *(s for s in dihedral.SYMMETRY_SETS[symmetries] if s != "identity"))
+        self.convention = "image" if modality == "he" else "radiological"
 
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, text: Any = None, **kwargs: Any) -> Any:
-        return network(inputs, *args, text=self.text if self.text is not None else text, **kwargs)
+    def __call__(
+        self, inputs: torch.Tensor, network: Any, *args: Any, text: Any = None, orientation: Any = None, **kwargs: Any
+    ) -> Any:
+        text = self.text if self.text is not None else text if self.reads_text else None
+
+        def run(x: torch.Tensor, sentences: Any) -> torch.Tensor:
+            return network(x, *args, text=sentences, **kwargs) if self.reads_text else network(x, *args, **kwargs)
+
+        if len(self.symmetries) == 1:
+            return run(inputs, text)
+        b = inputs.shape[0]
+        texts = [text] * b if text is None or isinstance(text, str) else list(text)
+        orientations = [orientation] * b if orientation is None or isinstance(orientation, str) else list(orientation)
+        square = inputs.shape[-1] == inputs.shape[-2]
+        names = [
+            n
+            for n in self.symmetries
+            if all(n in dihedral.allowed(self.symmetries, t or "", self.convention, square) for t in texts)
+        ]
+        probs = None
+        for name in names:
+            display = dihedral.SYMMETRIES[name]
+            stored = [dihedral.to_stored(display, o or "standard") for o in orientations]
+            x = torch.stack([dihedral.apply(inputs[i], stored[i]) for i in range(b)])
+            moved = [dihedral.rewrite_locations(t, display, self.convention) if t else t for t in texts]
+            p = torch.softmax(run(x, moved if text is not None else None), dim=1)
+            p = torch.stack([dihedral.apply(p[i], dihedral.inverse(stored[i])) for i in range(b)])
+            probs = p if probs is None else probs + p
+        return torch.log((probs / len(names)).clamp_min(1e-12))
+
+
+class PrepareTextBatch(PrepareBatchExtraInput):
+    """MONAI's ``PrepareBatchExtraInput`` passing the items' ``text``, and their ``orientation`` when they carry one."""
+
+    def __init__(self) -> None:
+        super().__init__(extra_keys={"text": "text"})
+
+    def __call__(self, batchdata: dict[str, Any], device: Any = None, non_blocking: bool = False, **kwargs: Any) -> tuple:
+        image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
+        if "orientation" in batchdata:
+            extra["orientation"] = batchdata["orientation"]
+        return image, label, args, extra
 
 
 class InputErrorHandler:

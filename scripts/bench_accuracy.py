@@ -8,12 +8,15 @@ import argparse
 import json
 import random
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 from bundle.data import load_datalist, write_datalist
+from bundle.errors import BundleInputError
 from scripts.bench_runs import (
     CONFIGS,
+    EVALUATE,
     PRETRAIN,
     ROOT,
     SMOKE_OPTIONS,
@@ -331,3 +334,35 @@ def table_label_resize(args: argparse.Namespace) -> None:
         summary[key] = sum(r[key] for r in rows) / len(rows)
     append_result(Path(args.out), summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "items"}), flush=True)
+
+
+def table_tta(args: argparse.Namespace) -> None:
+    """Test-time augmentation that keeps the text true: recorded runs re-evaluated with ``tta`` off and on.
+
+    Each run's best checkpoint is evaluated twice through the current ``configs/evaluate.json`` with the
+    config layers, options and datalist it was trained with; only ``tta`` differs (on: the average over
+    the identity and the run's ``augment_symmetries``, sentences rewritten, ``bundle.engine.TextInferer``).
+    """
+    records = {r["name"]: r for r in read_results(Path(args.results)) if "metrics" in r}
+    for run in args.runs:
+        if run not in records:
+            raise BundleInputError(f"no finished run {run!r} in {args.results}/results.jsonl")
+        record = records[run]
+        words = shlex.split(record["evaluate"]["command"])
+        datalist = words[words.index("--datalist") + 1]
+        layers = [str(ROOT / x) for x in record["layers"]]
+        summary: dict[str, Any] = {"name": f"tta_{run}", "run": run, "machine": machine()}
+        for tta in (False, True):
+            out_dir = Path(args.out) / f"{run}_tta_{'on' if tta else 'off'}"
+            options = {**record["options"], "datalist": datalist, "ckpt_dir": str(Path(args.results) / run / "models"),
+                       "output_dir": str(out_dir), "split": "validation", "tta": tta}
+            result = run_logged(bundle_command("evaluating", [TRAIN, *layers, EVALUATE], options), out_dir / "evaluate.log")
+            if result["returncode"] != 0:
+                raise RuntimeError(f"evaluating {run} failed, see {out_dir / 'evaluate.log'}")
+            metrics = json.loads((out_dir / "evaluation_validation.json").read_text())
+            summary["tta_on" if tta else "tta_off"] = {**{k: v for k, v in metrics.items() if k != "per_image"},
+                                                      "seconds": result["seconds"], "command": result["command"]}
+        append_result(Path(args.out), summary)
+        off, on = summary["tta_off"], summary["tta_on"]
+        print(f"{run}: per-image Dice {100 * off['per_image_mean_dice']:.2f} -> {100 * on['per_image_mean_dice']:.2f}, "
+              f"global Dice {100 * off['global_dice']:.2f} -> {100 * on['global_dice']:.2f}", flush=True)

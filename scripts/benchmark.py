@@ -11,6 +11,7 @@ command), and ``report`` turns them into the markdown tables and figures of docs
     python scripts/benchmark.py speed --out bench/speed
     python scripts/benchmark.py text-encoders --out bench/text_encoders
     python scripts/benchmark.py figure --results bench/accuracy --runs lcpdn_seed0 unet_seed0 --datalist bench/accuracy/datalist.json
+    python scripts/benchmark.py tta --results bench/accuracy --runs lcpdn_seed0 unet_seed0 --out bench/tta
     python scripts/benchmark.py report --out bench --doc-figures docs/figures
 
 ``--smoke`` runs any table on tiny settings (tests use it). The work is in ``scripts/bench_runs.py``
@@ -105,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True)
     q.add_argument("--datalist", required=True)
     q.add_argument("--out", default="bench/label_resize")
+    q = sub.add_parser("tta", help="recorded runs re-evaluated with test-time augmentation (text kept true) off and on")
+    q.add_argument("--results", required=True, help="results folder holding the runs")
+    q.add_argument("--runs", nargs="+", required=True)
+    q.add_argument("--out", default="bench/tta")
     q = sub.add_parser("start", help="per-epoch foreground probability and validation Dice from the first step (all-background start?)")
     common(q, "bench/start")
     q.add_argument("--datalist", help="datalist with training and validation splits")
@@ -161,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lesions": bench_accuracy.table_lesions,
         "steering": bench_accuracy.table_steering,
         "label-resize": bench_accuracy.table_label_resize,
+        "tta": bench_accuracy.table_tta,
         "start": bench_accuracy.table_start,
         "report": bench_report.table_report,
     }[args.table]

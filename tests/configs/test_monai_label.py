@@ -26,6 +26,7 @@ from monai.handlers import CheckpointLoader
 from monai.transforms import Compose, LoadImaged, SaveImaged
 
 from bundle.data import DEFAULT_TEXT
+from bundle.engine import TextInferer
 from bundle_cli import ROOT
 
 pytestmark = pytest.mark.slow
@@ -183,7 +184,8 @@ def test_text_prompt_reaches_the_network(label_bundle, image):
     assert not torch.allclose(logits, default_logits, atol=1e-5)  # the prompt changes the prediction
     net, x = label_inputs(label_bundle, image)
     with torch.no_grad():
-        torch.testing.assert_close(logits, net(x, text=PROMPT))  # exactly the prompt, not another sentence
+        # exactly the prompt, not another sentence, averaged over the H&E training symmetries (inference.json's tta)
+        torch.testing.assert_close(logits, TextInferer(symmetries="reflections")(x, net, text=PROMPT))
     assert not list(Path(label_bundle.path).rglob("*_seg.png"))  # SavePredictiond was filtered out
     # what MONAI Label's Restored + Writer need: a 2D model's label map without channel axis, at the input's
     # size (Restored has nothing to resize), as integers (its ITK writer saves PNG / JPEG only as uint8 / uint16)
@@ -196,7 +198,7 @@ def test_requests_without_text_use_the_modality_default(label_bundle, image):
     _, logits = label_bundle.infer({"image": image})  # text_prompt keeps its default ""
     net, x = label_inputs(label_bundle, image)
     with torch.no_grad():
-        torch.testing.assert_close(logits, net(x, text=DEFAULT_TEXT["he"]))
+        torch.testing.assert_close(logits, TextInferer(symmetries="reflections")(x, net, text=DEFAULT_TEXT["he"]))
 
 
 def test_monai_label_training_run_with_its_overrides(label_bundle, data_dir):

@@ -127,6 +127,12 @@ def test_lesions_and_steering_smoke(tmp_path, root):
     (record,) = bench_runs.read_results(tmp_path / "resize")
     assert len(record["items"]) == len(generated["validation"])
     assert all(0 <= record[k] <= 1 for k in ("dice_bundle_label", "dice_nearest", "dice_bilinear", "dice_original_size"))
+    assert benchmark.main(["tta", "--results", str(out), "--runs", "cxr_lcpdn_generated_seed0", "--out", str(tmp_path / "tta")]) == 0
+    (record,) = bench_runs.read_results(tmp_path / "tta")
+    trained = next(r for r in bench_runs.read_results(out) if r["name"] == "cxr_lcpdn_generated_seed0")
+    off, on = record["tta_off"], record["tta_on"]
+    assert off["per_image_mean_dice"] == pytest.approx(trained["metrics"]["per_image_mean_dice"], abs=1e-6)  # one pass
+    assert "--tta false" in off["command"] and "--tta true" in on["command"] and 0 <= on["per_image_mean_dice"] <= 1
 
 
 def documented_commands(root) -> list[list[str]]:
@@ -156,7 +162,7 @@ def test_every_documented_command_parses(root):
     commands = documented_commands(root)
     assert len(commands) >= 20 and {c[0] for c in commands} >= {"accuracy", "ct", "label-efficiency", "speed",
                                                                   "text-encoders", "figure", "report", "lesions", "steering",
-                                                                  "label-resize"}
+                                                                  "label-resize", "tta"}
     parser = benchmark.build_parser()
     config = ConfigParser()
     config.read_config(bench_runs.TRAIN)
