@@ -45,6 +45,7 @@ __all__ = [
     "apply",
     "rewrite_locations",
     "allowed",
+    "symmetry_set",
 ]
 
 Matrix = tuple[tuple[int, int], tuple[int, int]]
@@ -177,6 +178,13 @@ def _sorted_places(match: re.Match) -> str:
     """A list of lung places in the generator's order (left lung first, each upper to lower)."""
     places = sorted(re.findall(_PLACE, match.group(0)), key=lambda p: (_PLACE_ORDER[0][p.split()[1]], _PLACE_ORDER[1][p.split()[0]]))
     return places[0] if len(places) == 1 else ", ".join(places[:-1]) + " and " + places[-1]
+
+
+def symmetry_set(name: str) -> tuple[str, ...]:
+    """The symmetries of the set ``name`` of :data:`SYMMETRY_SETS` (option ``augment_symmetries``)."""
+    if name not in SYMMETRY_SETS:
+        raise BundleInputError(f"option augment_symmetries {name!r}: expected one of {', '.join(SYMMETRY_SETS)}")
+    return SYMMETRY_SETS[name]
 
 
 def allowed(names: Sequence[str], text: str, convention: str, square: bool) -> list[str]:

@@ -82,11 +82,7 @@ class TextInferer(SimpleInferer):
         super().__init__()
         self.reads_text = bool(reads_text)
         self.text = text.strip() if isinstance(text, str) and text.strip() else None
-        if symmetries not in dihedral.SYMMETRY_SETS:
-            raise BundleInputError(
-                f"option augment_symmetries {symmetries!r}: expected one of {', '.join(dihedral.SYMMETRY_SETS)}"
-            )
-        self.symmetries = ("identity", *(s for s in dihedral.SYMMETRY_SETS[symmetries] if s != "identity"))
+        self.symmetries = ("identity", *(s for s in dihedral.symmetry_set(symmetries) if s != "identity"))
         self.convention = "image" if modality == "he" else "radiological"
 
     def __call__(
@@ -103,11 +99,8 @@ class TextInferer(SimpleInferer):
         texts = [text] * b if text is None or isinstance(text, str) else list(text)
         orientations = [orientation] * b if orientation is None or isinstance(orientation, str) else list(orientation)
         square = inputs.shape[-1] == inputs.shape[-2]
-        names = [
-            n
-            for n in self.symmetries
-            if all(n in dihedral.allowed(self.symmetries, t or "", self.convention, square) for t in texts)
-        ]
+        followable = [set(dihedral.allowed(self.symmetries, t or "", self.convention, square)) for t in set(texts)]
+        names = [n for n in self.symmetries if all(n in ok for ok in followable)]
         probs = None
         for name in names:
             display = dihedral.SYMMETRIES[name]

@@ -280,11 +280,7 @@ class RandDihedralTextd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        if symmetries not in dihedral.SYMMETRY_SETS:
-            raise BundleInputError(
-                f"option augment_symmetries {symmetries!r}: expected one of {', '.join(dihedral.SYMMETRY_SETS)}"
-            )
-        self.symmetries = dihedral.SYMMETRY_SETS[symmetries]
+        self.symmetries = dihedral.symmetry_set(symmetries)
         self.text_key, self.modality_key, self.orientation_key = text_key, modality_key, orientation_key
         self.drawn = "identity"
 
