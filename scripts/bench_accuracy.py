@@ -94,17 +94,25 @@ def table_ct(args: argparse.Namespace) -> None:
             train_and_evaluate(f"ct_{variant}{args.tag}_seed{seed}", out, path, [modality, *layers], options)
 
 
-def pretrain_backbone(args: argparse.Namespace, out: Path, datalist: Path, base: dict[str, Any]) -> str:
-    """Stage-1 denoising pretraining of the backbone (or ``--backbone-ckpt`` when given); returns the checkpoint."""
+def pretrain_backbone(args: argparse.Namespace, out: Path, datalist: Path, base: dict[str, Any],
+                      layers: list[str] | None = None) -> str:
+    """Stage-1 denoising pretraining of the backbone (or ``--backbone-ckpt`` when given); returns the checkpoint.
+
+    It pretrains on the images of ``--pretrain-splits`` of ``datalist``, or on every image of
+    ``--pretrain-folder`` when given (unlabelled images); ``layers``: config layers before the
+    pretraining one (a modality preset).
+    """
     if args.backbone_ckpt:
         return args.backbone_ckpt
     pre_dir = out / "pretrain"
     pre_opts = {**base, "datalist": str(datalist), "ckpt_dir": str(pre_dir / "models"), "log_dir": str(pre_dir / "runs"),
                 "pretrain_epochs": args.pretrain_epochs, "pretrain_splits": args.pretrain_splits}
+    if getattr(args, "pretrain_folder", None):
+        pre_opts["image_folder"] = str(args.pretrain_folder)
     pre_opts.pop("epochs", None)
     if args.smoke:
         pre_opts["pretrain_crop"] = [32, 32]
-    pre = run_logged(bundle_command("pretraining", [TRAIN, PRETRAIN], pre_opts), pre_dir / "pretrain.log")
+    pre = run_logged(bundle_command("pretraining", [TRAIN, *(layers or []), PRETRAIN], pre_opts), pre_dir / "pretrain.log")
     append_result(out, {"name": "pretrain", "train": pre, "options": pre_opts, "machine": machine()})
     if pre["returncode"] != 0:
         raise RuntimeError(f"pretraining failed, see {pre_dir / 'pretrain.log'}")
@@ -136,27 +144,43 @@ def table_lesions(args: argparse.Namespace) -> None:
 
     One patient-grouped split (``scripts/prepare_masks.py``) is made per sentence source, the same split
     each time (same seed, same groups): only the text differs between the LCPDN rows.
+
+    Label efficiency: ``--train-items N`` keeps N training items (the same ones for every source, drawn
+    with ``--subset-seed``; the validation split stays whole), and ``lcpdn_pretrained`` starts LCPDN from
+    a backbone denoising-pretrained (stage 1) on the unlabelled images of ``--pretrain-folder``.
     """
     from scripts.prepare_masks import convert_masks
 
+    if "lcpdn_pretrained" in args.variants and not (args.pretrain_folder or args.backbone_ckpt):
+        raise BundleInputError("variant lcpdn_pretrained needs --pretrain-folder (unlabelled images) or --backbone-ckpt")
     out = Path(args.out)
     modality_layer = str(CONFIGS / "modality" / f"{args.modality}.json")
     base = base_options(args)
+    few = f"_few{args.train_items}" if args.train_items else ""
     datalists = {}
     for source in args.text_sources:
         datalist = convert_masks(args.images, args.masks, args.lungs, args.csv, modality=args.modality, text=source,
                                  group_column=args.group_column, orientation=args.orientation,
                                  notes_fallback="constant" if source == "notes" else None,
                                  val_fraction=args.val_fraction, seed=args.split_seed)
-        datalists[source] = out / f"datalist_{source}.json"
+        if args.train_items:
+            items = sorted(datalist["training"], key=lambda x: x["image"])
+            keep = sorted(random.Random(args.subset_seed).sample(range(len(items)), min(args.train_items, len(items))))
+            datalist = {**datalist, "training": [items[i] for i in keep]}
+        datalists[source] = out / f"datalist_{source}{few}.json"
         write_datalist(str(datalists[source]), datalist)
+    ckpt = None
+    if "lcpdn_pretrained" in args.variants:
+        ckpt = pretrain_backbone(args, out, datalists[args.text_sources[0]], base, [modality_layer])
     for seed in args.seeds:
-        for source in args.text_sources if "lcpdn" in args.variants else []:
-            train_and_evaluate(f"{args.name}_lcpdn_{source}{args.tag}_seed{seed}", out, datalists[source], [modality_layer],
-                               {**base, "seed": seed})
+        for variant, extra in (("lcpdn", {}), ("lcpdn_pretrained", {"backbone_ckpt": ckpt})):
+            for source in args.text_sources if variant in args.variants else []:
+                suffix = "_pretrained" if extra else ""
+                train_and_evaluate(f"{args.name}{few}_lcpdn_{source}{suffix}{args.tag}_seed{seed}", out, datalists[source],
+                                   [modality_layer], {**base, **extra, "seed": seed})
         if "unet" in args.variants:
             layers, options = variant_options("unet", base, seed)
-            train_and_evaluate(f"{args.name}_unet{args.tag}_seed{seed}", out, datalists[args.text_sources[0]],
+            train_and_evaluate(f"{args.name}{few}_unet{args.tag}_seed{seed}", out, datalists[args.text_sources[0]],
                                [modality_layer, *layers], options)
 
 

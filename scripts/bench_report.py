@@ -51,13 +51,16 @@ def speed_table(records: list[dict[str, Any]], reference: str = "textdiff_faithf
     """Speed rows, with ratios against ``reference`` (the TextDiff-faithful pipeline) of the same run."""
     rows = [r for r in records if "train_images_per_s" in r]
     ref = next((r for r in reversed(rows) if r["pipeline"] == reference), None)
-    lines = [f"| pipeline | trainable params | train batch | train images/s | inference s/image | peak RSS GB | "
-             f"train speed vs {reference} | inference speed vs {reference} |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| pipeline | trainable params | train batch | train images/s | inference s/image | inference s/image, "
+             f"test-time average (passes) | peak RSS GB | train speed vs {reference} | inference speed vs {reference} |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratios = (f"{r['train_images_per_s'] / ref['train_images_per_s']:.1f}x | "
                   f"{ref['inference_seconds_per_image'] / r['inference_seconds_per_image']:.1f}x") if ref else "- | -"
+        tta = (f"{r['inference_tta_seconds_per_image']:.3f} ({r['inference_tta_passes']})"
+               if "inference_tta_seconds_per_image" in r else "-")  # records written before version 0.3.3
         lines.append(f"| {r['pipeline']} | {r['trainable_parameters'] / 1e6:.2f}M | {r['batch']} | {r['train_images_per_s']:.3f} | "
-                     f"{r['inference_seconds_per_image']:.3f} | {r['peak_rss_gb']:.2f} | {ratios} |")
+                     f"{r['inference_seconds_per_image']:.3f} | {tta} | {r['peak_rss_gb']:.2f} | {ratios} |")
     return "\n".join(lines)
 
 

@@ -112,6 +112,8 @@ def speed_worker(args: argparse.Namespace) -> None:
     import torch
     from monai.losses import DiceCELoss
 
+    from bundle.engine import TextInferer
+
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BundleInputError(f"--device {args.device}: torch.cuda.is_available() is False")
@@ -161,6 +163,15 @@ def speed_worker(args: argparse.Namespace) -> None:
             net(single, **({"text": [sentences[i % 3]]} if text_input else {}))
             sync()
             times.append(time.time() - start)
+        # what evaluate / inference run on H&E by default (tta: true): identity + the four training reflections
+        tta = TextInferer(symmetries="reflections", reads_text=text_input)
+        tta_times = []
+        for i in range(max(1, args.repeats // 2)):
+            sync()
+            start = time.time()
+            tta(single, net, text=[sentences[i % 3]] if text_input else None)
+            sync()
+            tta_times.append(time.time() - start)
     record = {
         "name": f"speed_{args.pipeline}",
         "pipeline": args.pipeline,
@@ -170,6 +181,8 @@ def speed_worker(args: argparse.Namespace) -> None:
         "train_images_per_s": b / train_seconds,
         "train_seconds_per_step": train_seconds,
         "inference_seconds_per_image": sorted(times)[len(times) // 2],
+        "inference_tta_passes": len(tta.symmetries),
+        "inference_tta_seconds_per_image": sorted(tta_times)[len(tta_times) // 2],
         "peak_rss_gb": own_peak_rss_gb(),
         "trainable_parameters": sum(p.numel() for p in params),
         "machine": machine(),

@@ -92,10 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-fraction", type=float, default=0.3)
     q.add_argument("--split-seed", type=int, default=0)
     q.add_argument("--text-sources", nargs="+", default=["generated", "constant"], choices=["generated", "constant", "notes"])
-    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet"], choices=["lcpdn", "unet"],
-                   help="lcpdn: one run per text source; unet: one run on the first source's split")
+    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet"], choices=["lcpdn", "lcpdn_pretrained", "unet"],
+                   help="lcpdn: one run per text source; lcpdn_pretrained: the same on a stage-1 backbone "
+                        "(--pretrain-folder); unet: one run on the first source's split")
     q.add_argument("--seeds", nargs="+", type=int, default=[0])
     q.add_argument("--epochs", type=int, default=40)
+    q.add_argument("--train-items", type=int, default=0, help="keep this many training items (0: all)")
+    q.add_argument("--subset-seed", type=int, default=0)
+    q.add_argument("--pretrain-folder", default=None, help="unlabelled images for stage 1 (variant lcpdn_pretrained)")
+    pretraining(q, splits=["training"])
     q = sub.add_parser("steering", help="swap left/right (upper/lower) in validation sentences: does the mask follow?")
     q.add_argument("--results", required=True, help="results folder holding the run")
     q.add_argument("--run", required=True)
