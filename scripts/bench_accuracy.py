@@ -119,14 +119,17 @@ def pretrain_backbone(args: argparse.Namespace, out: Path, datalist: Path, base:
     return str(pre_dir / "models" / "backbone_pretrained.pt")
 
 
+def training_subset(items: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` of ``items`` drawn with ``seed`` (all when there are fewer), ordered by image path."""
+    return sorted(random.Random(seed).sample(items, min(n, len(items))), key=lambda x: x["image"])
+
+
 def table_label_efficiency(args: argparse.Namespace) -> None:
     """The default config on few labelled images, with and without stage-1 pretraining on unlabelled images."""
     out = Path(args.out)
     full = smoke_datalist(out) if args.smoke else lvit_datalist(args.data, out)
     few = out / "datalist_few.json"
-    items = load_datalist(str(full), "training")
-    rng = random.Random(args.subset_seed)
-    write_datalist(str(few), {"training": sorted(rng.sample(items, min(args.train_items, len(items))), key=lambda x: x["image"]),
+    write_datalist(str(few), {"training": training_subset(load_datalist(str(full), "training"), args.train_items, args.subset_seed),
                               "validation": load_datalist(str(full), "validation")})
     base = base_options(args)
     ckpt = pretrain_backbone(args, out, full, base) if "lcpdn_pretrained" in args.variants else None
@@ -163,10 +166,9 @@ def table_lesions(args: argparse.Namespace) -> None:
                                  group_column=args.group_column, orientation=args.orientation,
                                  notes_fallback="constant" if source == "notes" else None,
                                  val_fraction=args.val_fraction, seed=args.split_seed)
-        if args.train_items:
-            items = sorted(datalist["training"], key=lambda x: x["image"])
-            keep = sorted(random.Random(args.subset_seed).sample(range(len(items)), min(args.train_items, len(items))))
-            datalist = {**datalist, "training": [items[i] for i in keep]}
+        if args.train_items:  # drawn from the sorted items: the same subset whatever order the converter lists them in
+            training = sorted(datalist["training"], key=lambda x: x["image"])
+            datalist = {**datalist, "training": training_subset(training, args.train_items, args.subset_seed)}
         datalists[source] = out / f"datalist_{source}{few}.json"
         write_datalist(str(datalists[source]), datalist)
     ckpt = None

@@ -154,25 +154,23 @@ def speed_worker(args: argparse.Namespace) -> None:
     train_seconds = (time.time() - start) / args.steps
     net.eval()
     single = x[:1]
-    with torch.inference_mode():
-        net(single, **({"text": [sentences[0]]} if text_input else {}))
+    def median_seconds(call) -> float:
+        """Median of ``--repeats`` timed calls ``call(i)`` after one warm-up call."""
+        call(0)
         times = []
         for i in range(args.repeats):
             sync()
             start = time.time()
-            net(single, **({"text": [sentences[i % 3]]} if text_input else {}))
+            call(i)
             sync()
             times.append(time.time() - start)
-        # what evaluate / inference run on H&E by default (tta: true): identity + the four training reflections
-        tta = TextInferer(symmetries="reflections", reads_text=text_input)
-        tta(single, net, text=[sentences[0]] if text_input else None)
-        tta_times = []
-        for i in range(args.repeats):
-            sync()
-            start = time.time()
-            tta(single, net, text=[sentences[i % 3]] if text_input else None)
-            sync()
-            tta_times.append(time.time() - start)
+        return sorted(times)[len(times) // 2]
+
+    # what evaluate / inference run on H&E by default (tta: true): identity + the four training reflections
+    tta = TextInferer(symmetries="reflections", reads_text=text_input)
+    with torch.inference_mode():
+        single_seconds = median_seconds(lambda i: net(single, **({"text": [sentences[i % 3]]} if text_input else {})))
+        tta_seconds = median_seconds(lambda i: tta(single, net, text=[sentences[i % 3]] if text_input else None))
     record = {
         "name": f"speed_{args.pipeline}",
         "pipeline": args.pipeline,
@@ -181,9 +179,9 @@ def speed_worker(args: argparse.Namespace) -> None:
         "batch": b,
         "train_images_per_s": b / train_seconds,
         "train_seconds_per_step": train_seconds,
-        "inference_seconds_per_image": sorted(times)[len(times) // 2],
+        "inference_seconds_per_image": single_seconds,
         "inference_tta_passes": len(tta.symmetries),
-        "inference_tta_seconds_per_image": sorted(tta_times)[len(tta_times) // 2],
+        "inference_tta_seconds_per_image": tta_seconds,
         "peak_rss_gb": own_peak_rss_gb(),
         "trainable_parameters": sum(p.numel() for p in params),
         "machine": machine(),
