@@ -27,7 +27,6 @@ from torch import nn
 from ..errors import BundleInputError
 from ..utils import as_bool, check_state_dict, read_checkpoint
 from .masked_attention import mask_cross_attention, pack_context
-from .positional_code import add_positional_code
 
 __all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
 
@@ -96,8 +95,6 @@ class MonaiDiffusionBackbone(nn.Module):
         attention_levels: which levels carry attention (cross-attention when ``cross_attention_dim``).
         num_res_blocks: residual blocks per encoder level (the decoder has one more per level).
         cross_attention_dim: width of context tokens; ``None`` builds a UNet without cross-attention.
-        positional_code: give the cross-attention's queries an absolute position
-            (:mod:`bundle.networks.positional_code`; not in the paper, a probe).
         kwargs: any other ``DiffusionModelUNet`` argument (``norm_num_groups``, ``num_head_channels``...).
     """
 
@@ -110,7 +107,6 @@ class MonaiDiffusionBackbone(nn.Module):
         cross_attention_dim: int | None = None,
         num_head_channels: Sequence[int] | int = 32,
         norm_num_groups: int = 16,
-        positional_code: bool = False,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -129,11 +125,6 @@ class MonaiDiffusionBackbone(nn.Module):
         )
         if cross_attention_dim is not None:
             mask_cross_attention(self.unet)  # padding tokens of the prompt are no keys
-        self._optional_keys: list[str] = []
-        if as_bool(positional_code, "positional_code"):
-            if cross_attention_dim is None:
-                raise BundleInputError("backbone option positional_code needs cross-attention (cprfl true)")
-            self._optional_keys = ["unet." + k for k in add_positional_code(self.unet)]
         self.in_channels = in_channels
         self.cross_attention_dim = cross_attention_dim
         self.time_embed_dim = self.unet.time_embed[-1].out_features
@@ -161,12 +152,7 @@ class MonaiDiffusionBackbone(nn.Module):
         return list(self._strides)
 
     def cross_attention_modules(self) -> list[nn.Module]:
-        codes = [m.position_code for m in self.unet.modules() if hasattr(m, "position_code")]
-        return transformer_cross_attention(self.unet) + codes
-
-    def checkpoint_optional_keys(self) -> list[str]:
-        """Keys that a plain ``DiffusionModelUNet`` checkpoint lacks (the positional code's layers)."""
-        return list(self._optional_keys)
+        return transformer_cross_attention(self.unet)
 
     def modules_after(self, block: int) -> list[nn.Module]:
         unet = self.unet
@@ -249,9 +235,7 @@ def load_backbone_weights(
     target = module
     if isinstance(module, MonaiDiffusionBackbone) and not any(k.startswith("unet.") for k in state):
         target = module.unet
-    optional = list(getattr(module, "checkpoint_optional_keys", lambda: [])())
-    if target is not module:  # keys of module.unet
-        optional = [k.removeprefix("unet.") for k in optional]
+    optional = list(getattr(target, "checkpoint_optional_keys", lambda: [])())
     check_state_dict(target.state_dict(), state, os.fspath(path), hint, optional, what)
     target.load_state_dict(state, strict=not optional)
     return module
