@@ -24,9 +24,13 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def _best_epoch(record: dict[str, Any]) -> str:
-    """Epoch (1-based) of the best validation Dice in a run's curve, or "-" when it has none."""
-    curve = (record.get("curve") or {}).get("val_mean_dice") or []
-    return str(max(range(len(curve)), key=curve.__getitem__) + 1) if curve else "-"
+    """Epoch (1-based) of the best validation Dice in a run's curve, or "-" when it has none: the engine's
+    own choice where the log records it (4-decimal ties in the curve are then resolved as the engine did)."""
+    curve = record.get("curve") or {}
+    if curve.get("best_epoch"):
+        return str(curve["best_epoch"][-1])
+    dice = curve.get("val_mean_dice") or []
+    return str(max(range(len(dice)), key=dice.__getitem__) + 1) if dice else "-"
 
 
 def accuracy_table(records: list[dict[str, Any]], prefix: str = "") -> str:

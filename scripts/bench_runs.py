@@ -129,19 +129,24 @@ def bundle_command(run_id: str, config_files: Sequence[str], options: dict[str, 
 
 
 def parse_curve(log: Path) -> dict[str, list[float]]:
-    """Per-epoch validation Dice / IoU and mean training loss from a training log: the epoch lines of
-    ``bundle.engine.EpochSummary`` ("epoch 3/20: train loss 0.8652, ..., val Dice 0.6210, val IoU 0.4577, ...")."""
+    """Per-epoch validation Dice / IoU, mean training loss and the engine's best epoch so far from a training
+    log: the epoch lines of ``bundle.engine.EpochSummary`` ("epoch 3/20: train loss 0.8652, ..., val Dice
+    0.6210, val IoU 0.4577 (best 0.6210, epoch 3), ..."). The logged values have 4 decimals; the best
+    epoch is the engine's full-precision choice, the epoch of the saved ``model.pt``."""
     from bundle.engine import metric_label
 
     text = log.read_text(encoding="utf-8", errors="replace")
-    curve: dict[str, list[float]] = {"val_mean_dice": [], "val_mean_iou": [], "train_loss_avg": []}
+    curve: dict[str, list[float]] = {"val_mean_dice": [], "val_mean_iou": [], "train_loss_avg": [], "best_epoch": []}
     for line in text.splitlines():
         if not re.search(r"\bepoch \d+/\d+: ", line):
             continue
-        for key in curve:
+        for key in ("val_mean_dice", "val_mean_iou", "train_loss_avg"):
             m = re.search(rf"[:,] {metric_label(key)} ([0-9.eE+-]+)", line)
             if m:
                 curve[key].append(float(m.group(1)))
+        m = re.search(r"\(best [0-9.]+, epoch (\d+)\)", line)
+        if m:
+            curve["best_epoch"].append(int(m.group(1)))
     return curve
 
 

@@ -53,7 +53,8 @@ def test_parse_sets_and_curve(tmp_path):
     log.write_text("x - INFO - epoch 1/2: train loss 1.2500, train Dice 0.4000, val Dice 0.5000, val IoU 0.3000 "
                    "(best 0.5000, epoch 1), lr 1.0e-03, 3 s\n"
                    "x - INFO - epoch 2/2: train loss 1.1000, train Dice 0.4500, lr 5.0e-04, 3 s\n")  # no validation
-    assert bench_runs.parse_curve(log) == {"val_mean_dice": [0.5], "val_mean_iou": [0.3], "train_loss_avg": [1.25, 1.1]}
+    assert bench_runs.parse_curve(log) == {"val_mean_dice": [0.5], "val_mean_iou": [0.3], "train_loss_avg": [1.25, 1.1],
+                                           "best_epoch": [1]}
     assert json.loads(json.dumps(bench_runs.machine()))["cores"] >= 1
 
 
@@ -79,6 +80,9 @@ def test_accuracy_table_reports_the_best_epoch():
     record = {"name": "lcpdn_seed0", "train": {"seconds": 120.0, "peak_rss_gb": 3.0}, "curve": {"val_mean_dice": [0.5, 0.7, 0.6]},
               "metrics": {"per_image_mean_dice": 0.7, "per_image_mean_iou": 0.55, "global_dice": 0.72, "global_iou": 0.56}}
     assert "| lcpdn | 1 | 70.00 | 55.00 | 72.00 | 56.00 | 2 | 2.0 | 3.0 |" in bench_report.accuracy_table([record])
+    # a 4-decimal tie in the logged curve: the engine's full-precision best epoch (the saved model) is reported
+    record["curve"] = {"val_mean_dice": [0.5, 0.7, 0.7], "best_epoch": [1, 2, 3]}
+    assert "| 70.00 | 55.00 | 72.00 | 56.00 | 3 |" in bench_report.accuracy_table([record])
 
 
 @pytest.mark.parametrize("pipeline", ["lcpdn_paper_timesteps", "textdiff_faithful"])
