@@ -10,13 +10,12 @@ import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
 
-from . import dihedral, sentences
+from . import dihedral
 from .data import DEFAULT_TEXT, RASTER_SUFFIXES, check_modality, check_text
 from .errors import BundleInputError
 
@@ -28,7 +27,6 @@ __all__ = [
     "BinaryMaskd",
     "EnsureTextd",
     "RandDihedralTextd",
-    "RandReferringTextd",
     "CTWindowd",
 ]
 
@@ -304,54 +302,6 @@ class RandDihedralTextd(RandomizableTransform, MapTransform):
             d[key] = dihedral.apply(d[key], stored)
         if text:
             d[self.text_key] = dihedral.rewrite_locations(text, display, convention)
-        return d
-
-
-class RandReferringTextd(RandomizableTransform, MapTransform):
-    """Referring examples for lung sentences: one lung's lesions only, in the mask and in the sentence.
-
-    With probability ``prob``, a chest X-ray or CT item whose generated sentence names both lungs and
-    whose mask has infected areas in both image halves keeps the areas of one lung, drawn at random, and
-    gets the sentence for them (:func:`bundle.sentences.refer_to_side`). Every other item passes unchanged,
-    H&E items always. Without such examples a sentence made from the mask repeats what the picture
-    shows, and the network has no reason to read its location words (docs/benchmarks.md section 9).
-
-    Args:
-        keys: the mask key (channel-first, MONAI layout ``(1, X, Y)``).
-        prob: share of eligible items turned into referring examples.
-        text_key, modality_key, orientation_key: the sentence, the modality and the stored orientation.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "label",
-        prob: float = 0.0,
-        text_key: str = "text",
-        modality_key: str = "modality",
-        orientation_key: str = "orientation",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.text_key, self.modality_key, self.orientation_key = text_key, modality_key, orientation_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize(None)
-        side = sentences.SIDES[self.R.randint(2)]
-        text, modality = d.get(self.text_key), d.get(self.modality_key, "he")
-        if not self._do_transform or modality not in sentences.SENTENCE_MODALITIES or not isinstance(text, str):
-            return d
-        for key in self.key_iterator(d):
-            label = d[key]
-            stored = torch.as_tensor(label)[0].cpu().numpy().T  # (X, Y) -> rows, columns
-            referred = sentences.refer_to_side(stored, text, side, modality, d.get(self.orientation_key) or "standard")
-            if referred is None:
-                return d
-            mask = torch.as_tensor(np.ascontiguousarray(referred[0].T), dtype=label.dtype, device=label.device)
-            label = label.clone()
-            label[0] = mask
-            d[key], d[self.text_key] = label, referred[1]
         return d
 
 
