@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts import bench_accuracy, bench_report, bench_speed  # noqa: E402
+from scripts import bench_accuracy, bench_report, bench_speed, bench_steering_toy  # noqa: E402
 from scripts.bench_runs import PIPELINES, VARIANTS  # noqa: E402
 from scripts.common import run_cli  # noqa: E402
 
@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True)
     q.add_argument("--datalist", required=True)
     q.add_argument("--out", default="bench/steering")
+    q = sub.add_parser("steering-toy", help="synthetic referring task: can the network follow the location words at all?")
+    common(q, "bench/steering_toy")
+    q.add_argument("--steps", type=int, default=1500)
+    q.add_argument("--batch", type=int, default=4)
+    q.add_argument("--size", type=int, default=64, help="image size (px)")
+    q.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("label-resize", help="one run's validation predictions scored against nearest / bilinear / original-size masks")
     q.add_argument("--results", required=True, help="results folder holding the run")
     q.add_argument("--run", required=True)
@@ -170,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "figure": bench_report.table_figure,
         "lesions": bench_accuracy.table_lesions,
         "steering": bench_accuracy.table_steering,
+        "steering-toy": bench_steering_toy.table_steering_toy,
         "label-resize": bench_accuracy.table_label_resize,
         "tta": bench_accuracy.table_tta,
         "start": bench_accuracy.table_start,
