@@ -15,7 +15,7 @@ command), and ``report`` turns them into the markdown tables and figures of docs
     python scripts/benchmark.py report --out bench --doc-figures docs/figures
 
 ``--smoke`` runs any table on tiny settings (tests use it). The work is in ``scripts/bench_runs.py``
-(configurations, runs, results), ``bench_accuracy.py``, ``bench_speed.py`` and ``bench_report.py``
+(configurations, runs, results), ``bench_accuracy.py``, ``bench_speed.py``, ``bench_steering_toy.py`` and ``bench_report.py``
 (tables and figures); this file is the command line.
 """
 
