@@ -47,11 +47,12 @@ def toy_item(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarra
     return image, lesions[side][None].astype(np.float32), format_sentence([(side, zones[side])], "cxr"), side
 
 
-def _batch(rng: np.random.Generator, n: int, size: int):
+def _batch(rng: np.random.Generator, n: int, size: int, device: Any):
     import torch
 
     images, masks, texts, sides = zip(*(toy_item(rng, size) for _ in range(n)))
-    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)), list(texts), list(sides)
+    return (torch.from_numpy(np.stack(images)).to(device), torch.from_numpy(np.stack(masks)).to(device),
+            list(texts), list(sides))
 
 
 def table_steering_toy(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,13 +69,12 @@ def table_steering_toy(args: argparse.Namespace) -> dict[str, Any]:
     parser.read_config([TRAIN, str(CONFIGS / "modality" / "cxr.json")])
     parser.update({"seed": args.seed, **options})
     monai.utils.set_determinism(args.seed)
-    net = parser.get_parsed_content("network_def")
-    loss_fn = parser.get_parsed_content("loss")
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=parser.get_parsed_content("learning_rate"))
+    net, device = parser.get_parsed_content("network"), parser.get_parsed_content("device")
+    loss_fn, optimizer = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
     rng, start, curve = np.random.default_rng(args.seed), time.perf_counter(), []
     net.train()
     for step in range(1, args.steps + 1):
-        image, mask, texts, _ = _batch(rng, args.batch, size)
+        image, mask, texts, _ = _batch(rng, args.batch, size, device)
         loss = loss_fn(net(image, texts), mask)
         optimizer.zero_grad()
         loss.backward()
@@ -88,7 +88,7 @@ def table_steering_toy(args: argparse.Namespace) -> dict[str, Any]:
     dice = []
     with torch.inference_mode():
         for _ in range(8):
-            image, mask, texts, sides = _batch(held_out, 4, size)
+            image, mask, texts, sides = _batch(held_out, 4, size, device)
             swapped = [dihedral.rewrite_locations(t, mirror, "radiological") for t in texts]
             for key, sentences in (("as_written", texts), ("swapped", swapped)):
                 pred = net(image, sentences).argmax(1)  # (B, rows, columns)
