@@ -17,6 +17,7 @@ from bundle.errors import BundleInputError
 from scripts.bench_runs import (
     CONFIGS,
     EVALUATE,
+    IMAGE_ONLY,
     PRETRAIN,
     ROOT,
     SMOKE_OPTIONS,
@@ -175,15 +176,19 @@ def table_lesions(args: argparse.Namespace) -> None:
     if "lcpdn_pretrained" in args.variants:
         ckpt = pretrain_backbone(args, out, datalists[args.text_sources[0]], base, [modality_layer])
     for seed in args.seeds:
-        for variant, extra in (("lcpdn", {}), ("lcpdn_pretrained", {"backbone_ckpt": ckpt})):
-            for source in args.text_sources if variant in args.variants else []:
-                suffix = "_pretrained" if extra else ""
-                train_and_evaluate(f"{args.name}{few}_lcpdn_{source}{suffix}{args.tag}_seed{seed}", out, datalists[source],
-                                   [modality_layer], {**base, **extra, "seed": seed})
-        if "unet" in args.variants:
-            layers, options = variant_options("unet", base, seed)
-            train_and_evaluate(f"{args.name}{few}_unet{args.tag}_seed{seed}", out, datalists[args.text_sources[0]],
-                               [modality_layer, *layers], options)
+        for variant in args.variants:
+            if variant in IMAGE_ONLY:  # one run, on the first source's split (the same images)
+                layers, options = variant_options(variant, base, seed)
+                train_and_evaluate(f"{args.name}{few}_{variant}{args.tag}_seed{seed}", out, datalists[args.text_sources[0]],
+                                   [modality_layer, *layers], options)
+                continue
+            if variant == "lcpdn_pretrained":
+                layers, options = [], {**base, "backbone_ckpt": ckpt, "seed": seed}
+            else:
+                layers, options = variant_options(variant, base, seed)
+            for source in args.text_sources:  # names: lcpdn_generated, lcpdn_generated_pretrained, lcpdn_generated_basicunet
+                name = f"{args.name}{few}_lcpdn_{source}{variant[len('lcpdn'):]}{args.tag}_seed{seed}"
+                train_and_evaluate(name, out, datalists[source], [modality_layer, *layers], options)
 
 
 def table_steering(args: argparse.Namespace) -> None:

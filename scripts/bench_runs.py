@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # issue 13: a diffusion UNet whose encoder starts from ImageNet EfficientNet-Lite0, and the same encoder
     # in MONAI's image-only FlexibleUNet (the fair baseline: a gain could come from the weights alone)
     "lcpdn_lite0": ([str(CONFIGS / "backbone" / "efficientnet_lite0.json")], {}),
+    # LCPDN on a diffusion UNet of MONAI BasicUNet's blocks (P in every block, cross-attention to Q*)
+    "lcpdn_basicunet": ([str(CONFIGS / "backbone" / "basic_unet.json")], {}),
     "unet": ([str(CONFIGS / "baseline" / "unet.json")], {}),
     "flexunet_lite0": ([str(CONFIGS / "baseline" / "flexible_unet.json")], {}),
     "cprfl_off": ([str(CONFIGS / "ablation" / "cprfl_off.json")], {}),
@@ -49,6 +51,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # TextDiff's 768-wide head needs ~1.4 TFLOP per 256 px training image: 64 wide keeps it trainable on a CPU
     "textdiff_head": ([str(CONFIGS / "ablation" / "textdiff_head.json")], {"network_def#textdiff_width": 64}),
 }
+
+#: variants that read no text (the lesion tables train them once per split, not once per sentence source)
+IMAGE_ONLY = ("unet", "flexunet_lite0")
 
 #: speed pipelines: the default, the paper's timesteps, the UNet baseline and the TextDiff-faithful pipelines
 PIPELINES = ("lcpdn", "lcpdn_paper_timesteps", "lcpdn_lite0", "unet", "flexunet_lite0", "textdiff_faithful",

@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts import bench_accuracy, bench_report, bench_speed, bench_steering_toy  # noqa: E402
-from scripts.bench_runs import PIPELINES, VARIANTS  # noqa: E402
+from scripts.bench_runs import IMAGE_ONLY, PIPELINES, VARIANTS  # noqa: E402
 from scripts.common import run_cli  # noqa: E402
 
 
@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-fraction", type=float, default=0.3)
     q.add_argument("--split-seed", type=int, default=0)
     q.add_argument("--text-sources", nargs="+", default=["generated", "constant"], choices=["generated", "constant", "notes"])
-    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet"], choices=["lcpdn", "lcpdn_pretrained", "unet"],
-                   help="lcpdn: one run per text source; lcpdn_pretrained: the same on a stage-1 backbone "
-                        "(--pretrain-folder); unet: one run on the first source's split")
+    q.add_argument("--variants", nargs="+", default=["lcpdn", "unet"],
+                   choices=["lcpdn_pretrained", *[v for v in VARIANTS if v.startswith("lcpdn") or v in IMAGE_ONLY]],
+                   help="lcpdn (and its variants): one run per text source; lcpdn_pretrained: the default on a stage-1 "
+                        "backbone (--pretrain-folder); unet, flexunet_lite0: one run on the first source's split")
     q.add_argument("--seeds", nargs="+", type=int, default=[0])
     q.add_argument("--epochs", type=int, default=40)
     q.add_argument("--train-items", type=int, default=0, help="keep this many training items (0: all)")

@@ -2,7 +2,13 @@
 
 from .adm import ADMUNet, load_adm_checkpoint
 from .alignment_prompt import AlignmentPrompt, masked_mean
-from .backbone import DecoderFeatureBackbone, DiffusionFeatureExtractor, MonaiDiffusionBackbone, load_backbone_weights
+from .backbone import (
+    BlockwiseBackbone,
+    DecoderFeatureBackbone,
+    DiffusionFeatureExtractor,
+    MonaiDiffusionBackbone,
+    load_backbone_weights,
+)
 from .cross_attention_fusion import CrossAttentionFusion
 from .efficientnet import EfficientNetLiteEncoder, efficientnet_lite0
 from .encoder_backbone import PretrainedEncoderBackbone
@@ -12,10 +18,13 @@ from .lcpdn import FUSIONS, LCPDN
 from .ltfr import LTFR, MultiScaleFusion, tile_text
 from .text_encoder import TextEncoder, clear_text_cache, default_text_encoder_path
 from .textdiff_head import TextDiffHead
+from .unet_backbone import BasicUNetBackbone, PromptedTwoConv, PromptedUpCat
 
 __all__ = [
     "ADMUNet",
     "AlignmentPrompt",
+    "BasicUNetBackbone",
+    "BlockwiseBackbone",
     "CrossAttentionFusion",
     "DecoderFeatureBackbone",
     "DiffusionFeatureExtractor",
@@ -27,6 +36,8 @@ __all__ = [
     "MonaiDiffusionBackbone",
     "MultiScaleFusion",
     "PixelClassifier",
+    "PromptedTwoConv",
+    "PromptedUpCat",
     "PretrainedEncoderBackbone",
     "TextDiffHead",
     "TextEncoder",

@@ -15,7 +15,7 @@ label embedding), so ``P = M + TextProj(E)``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -28,7 +28,13 @@ from ..errors import BundleInputError
 from ..utils import as_bool, check_state_dict, read_checkpoint
 from .masked_attention import mask_cross_attention, pack_context
 
-__all__ = ["DecoderFeatureBackbone", "MonaiDiffusionBackbone", "DiffusionFeatureExtractor", "load_backbone_weights"]
+__all__ = [
+    "DecoderFeatureBackbone",
+    "BlockwiseBackbone",
+    "MonaiDiffusionBackbone",
+    "DiffusionFeatureExtractor",
+    "load_backbone_weights",
+]
 
 
 def transformer_cross_attention(module: nn.Module) -> list[nn.Module]:
@@ -80,6 +86,66 @@ class DecoderFeatureBackbone(Protocol):
     def cross_attention_modules(self) -> list[nn.Module]:  # optional
         """Modules that read the context tokens (the prompt Q*); they train even in a frozen backbone."""
         ...
+
+
+class BlockwiseBackbone(nn.Module):
+    """Base of the backbones built here block by block: a subclass's ``_run`` yields decoder blocks 0, 1, ... in order.
+
+    It holds the decoder blocks in ``self.up`` and the noise-prediction head in ``self.out``, embeds the
+    timesteps with ``self.time_embed`` over a sinusoid of width ``self.sinusoid_dim``, and sets
+    ``cross_attention_dim``. This class gives it the contract's ``decoder_features`` (stopping after the last
+    requested block) and the stage-1 ``forward`` (noise prediction from the last block).
+    """
+
+    up: nn.ModuleList
+    out: nn.Module
+    time_embed: nn.Module
+    sinusoid_dim: int
+    cross_attention_dim: int | None
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The network stage 1 (``configs/pretrain_diffusion.json``) trains to predict the noise: this module."""
+        return self
+
+    def prompt(
+        self,
+        x_t: torch.Tensor,
+        timesteps: torch.Tensor,
+        emb_offset: torch.Tensor | None,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eq. 5: P = M(t) + TextProj(E) (B, d), and the context for cross-attention with its key mask packed in."""
+        emb = self.time_embed(get_timestep_embedding(timesteps, self.sinusoid_dim).to(x_t.dtype))  # M
+        if emb_offset is not None:
+            emb = emb + emb_offset.to(emb.dtype)
+        if self.cross_attention_dim is not None and context is None:
+            raise ValueError("this backbone has cross-attention: pass context tokens (B, N, cross_attention_dim)")
+        ctx = pack_context(context, context_mask) if self.cross_attention_dim is not None else None
+        return emb, ctx
+
+    def _run(self, x_t: torch.Tensor, emb: torch.Tensor, ctx: torch.Tensor | None, last: int) -> Iterator[torch.Tensor]:
+        """Yield the outputs of decoder blocks 0..``last`` in order, given P (B, d) and the packed context."""
+        raise NotImplementedError
+
+    def decoder_features(self, x_t: torch.Tensor, timesteps: torch.Tensor, blocks: Sequence[int],
+                         emb_offset: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                         context_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Decoder features as :class:`DecoderFeatureBackbone` specifies; stops after the last requested block."""
+        wanted = sorted(set(int(b) for b in blocks))
+        if not wanted or wanted[0] < 0 or wanted[-1] >= len(self.up):
+            raise BundleInputError(
+                f"decoder blocks {list(blocks)} out of range: this backbone has blocks 0..{len(self.up) - 1}"
+            )
+        emb, ctx = self.prompt(x_t, timesteps, emb_offset, context, context_mask)
+        return [h for j, h in enumerate(self._run(x_t, emb, ctx, wanted[-1])) if j in wanted]
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise prediction eps(x_t, t) (B, in_channels, H, W), the stage-1 objective."""
+        emb, ctx = self.prompt(x, timesteps, None, context, None)
+        *_, h = self._run(x, emb, ctx, len(self.up) - 1)
+        return self.out(h)
 
 
 class MonaiDiffusionBackbone(nn.Module):

@@ -18,23 +18,23 @@ the decoder, which are MONAI's own diffusion UNet blocks. :meth:`forward` predic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock, SpatialTransformer, get_timestep_embedding
+from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock, SpatialTransformer
 from torch import nn
 
 from ..errors import BundleInputError
 from ..utils import as_bool
-from .backbone import transformer_cross_attention
+from .backbone import BlockwiseBackbone, transformer_cross_attention
 from .efficientnet import LITE0_CHANNELS, EfficientNetLiteEncoder
-from .masked_attention import mask_cross_attention, pack_context
+from .masked_attention import mask_cross_attention
 
 __all__ = ["PretrainedEncoderBackbone"]
 
 
-class PretrainedEncoderBackbone(nn.Module):
+class PretrainedEncoderBackbone(BlockwiseBackbone):
     """Diffusion UNet = pretrained EfficientNet-Lite0 encoder + MONAI diffusion-UNet decoder blocks.
 
     Args:
@@ -78,6 +78,7 @@ class PretrainedEncoderBackbone(nn.Module):
         self.cross_attention_dim = cross_attention_dim
         self.stem_channels = int(stem_channels)
         self.time_embed_dim = 4 * self.stem_channels
+        self.sinusoid_dim = self.stem_channels
         d = self.time_embed_dim
 
         def res(cin: int, cout: int) -> DiffusionUNetResnetBlock:
@@ -111,11 +112,6 @@ class PretrainedEncoderBackbone(nn.Module):
         self._channels = decoder_channels
         self._strides = [16, 8, 4, 2, 1]
 
-    @property
-    def denoiser(self) -> nn.Module:
-        """The network stage 1 trains to predict the noise: this module itself."""
-        return self
-
     def decoder_block_channels(self) -> list[int]:
         return list(self._channels)
 
@@ -128,22 +124,8 @@ class PretrainedEncoderBackbone(nn.Module):
     def modules_after(self, block: int) -> list[nn.Module]:
         return [self.out, *self.up[block + 1 :], *self.attentions[block + 1 :]]
 
-    def _run(
-        self,
-        x_t: torch.Tensor,
-        timesteps: torch.Tensor,
-        last: int,
-        emb_offset: torch.Tensor | None,
-        context: torch.Tensor | None,
-        context_mask: torch.Tensor | None,
-    ):
-        """Yield the output of decoder units 0..``last`` in order."""
-        emb = self.time_embed(get_timestep_embedding(timesteps, self.stem_channels).to(x_t.dtype))  # M
-        if emb_offset is not None:
-            emb = emb + emb_offset.to(emb.dtype)  # Eq. 5: P = M + TextProj(E)
-        if self.cross_attention_dim is not None and context is None:
-            raise ValueError("this backbone has cross-attention: pass context tokens (B, N, cross_attention_dim)")
-        ctx = pack_context(context, context_mask) if self.cross_attention_dim is not None else None
+    def _run(self, x_t: torch.Tensor, emb: torch.Tensor, ctx: torch.Tensor | None, last: int) -> Iterator[torch.Tensor]:
+        """Yield the outputs of decoder blocks 0..``last``; ``emb`` is P (Eq. 5), ``ctx`` the packed Q*."""
         skips = [self.stem(self.conv_in(x_t), emb), *self.encoder(x_t)]  # strides 1, 2, 4, 8, 16, 32
         h = self.middle(skips.pop(), emb)
         if self.middle_attention is not None:
@@ -156,25 +138,3 @@ class PretrainedEncoderBackbone(nn.Module):
             if isinstance(attention, SpatialTransformer):
                 h = attention(h, context=ctx)
             yield h
-
-    def decoder_features(
-        self,
-        x_t: torch.Tensor,
-        timesteps: torch.Tensor,
-        blocks: Sequence[int],
-        emb_offset: torch.Tensor | None = None,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
-        wanted = sorted(set(int(b) for b in blocks))
-        if not wanted or wanted[0] < 0 or wanted[-1] >= len(self.up):
-            raise BundleInputError(
-                f"decoder blocks {list(blocks)} out of range: this backbone has blocks 0..{len(self.up) - 1}"
-            )
-        units = self._run(x_t, timesteps, wanted[-1], emb_offset, context, context_mask)
-        return [h for j, h in enumerate(units) if j in wanted]
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Noise prediction eps(x_t, t) (B, in_channels, H, W), the stage-1 objective."""
-        *_, h = self._run(x, timesteps, len(self.up) - 1, None, context, None)
-        return self.out(h)

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from ..errors import BundleInputError
 from ..utils import is_terminal

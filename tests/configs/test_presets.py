@@ -177,6 +177,24 @@ def test_pretrained_encoder_layers_build_the_lcpdn_backbone_and_the_same_encoder
     assert isinstance(baseline, FlexibleUNet) and baseline.backbone == "efficientnet-lite0"
 
 
+def test_basic_unet_layer_builds_the_lcpdn_backbone_and_its_stage_1(tiny_network_options):
+    """configs/backbone/basic_unet.json: LCPDN on BasicUNet's blocks; stage 1 pretrains the same module."""
+    from bundle.networks import BasicUNetBackbone
+
+    options = {k: v for k, v in tiny_network_options.items() if k != "blocks"}
+    net = parse("backbone/basic_unet.json", **options).get_parsed_content("network_def")
+    backbone = net.extractor.backbone
+    assert isinstance(backbone, BasicUNetBackbone) and net.extractor.blocks == [0, 1, 2, 3]
+    assert backbone.decoder_block_channels() == [16, 16, 8, 8]  # unet_features of the tiny network
+    assert net.eval()(torch.zeros(1, 3, 32, 32), "one lesion.").shape == (1, 2, 32, 32)
+    cprfl_off = parse("backbone/basic_unet.json", "ablation/cprfl_off.json", **options).get_parsed_content("network_def")
+    assert cprfl_off.extractor.backbone.cross_attention_dim is None
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(CONFIGS / "pretrain_diffusion.json"), str(CONFIGS / "backbone" / "basic_unet.json")])
+    parser.update({**options, "device": "cpu"})
+    assert isinstance(parser.get_parsed_content("pretrain#unet"), BasicUNetBackbone)
+
+
 def test_resized_mask_stays_on_its_image(tmp_path):
     """The mask is resized with pixel-centre sampling, like the image: an image that IS its mask (one pixel
     per 1000 px nucleus outline) resizes to the mask. torch's legacy "nearest" samples ~half an output pixel
