@@ -273,7 +273,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
                 getattr(model, "module", model).state_dict(),
                 state,
                 self.load_path,
-                "It was trained with other network options (e.g. cprfl, fusion, blocks, backbone_channels): "
+                "It was trained with other network options (e.g. cprfl, fusion, blocks, unet_features, or another backbone layer): "
                 "pass the same options, or point to the right checkpoint.",
             )
 

@@ -42,8 +42,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # issue 13: a diffusion UNet whose encoder starts from ImageNet EfficientNet-Lite0, and the same encoder
     # in MONAI's image-only FlexibleUNet (the fair baseline: a gain could come from the weights alone)
     "lcpdn_lite0": ([str(CONFIGS / "backbone" / "efficientnet_lite0.json")], {}),
-    # LCPDN on a diffusion UNet of MONAI BasicUNet's blocks (P in every block, cross-attention to Q*)
-    "lcpdn_basicunet": ([str(CONFIGS / "backbone" / "basic_unet.json")], {}),
+    # the default before 0.4.0: LCPDN on MONAI's DiffusionModelUNet (channels 16-32-64-128-128, blocks 2, 4, 6, 8)
+    "lcpdn_diffusion_unet": ([str(CONFIGS / "backbone" / "diffusion_model_unet.json")], {}),
     "unet": ([str(CONFIGS / "baseline" / "unet.json")], {}),
     "flexunet_lite0": ([str(CONFIGS / "baseline" / "flexible_unet.json")], {}),
     "cprfl_off": ([str(CONFIGS / "ablation" / "cprfl_off.json")], {}),
@@ -56,13 +56,12 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
 IMAGE_ONLY = ("unet", "flexunet_lite0")
 
 #: speed pipelines: the default, the paper's timesteps, the UNet baseline and the TextDiff-faithful pipelines
-PIPELINES = ("lcpdn", "lcpdn_paper_timesteps", "lcpdn_lite0", "unet", "flexunet_lite0", "textdiff_faithful",
-             "textdiff_faithful_adm")
+PIPELINES = ("lcpdn", "lcpdn_paper_timesteps", "lcpdn_diffusion_unet", "lcpdn_lite0", "unet", "flexunet_lite0",
+             "textdiff_faithful", "textdiff_faithful_adm")
 
 #: the tiny network of --smoke runs (32 px), also the tests' tiny network (tests/conftest.py)
 SMOKE_OPTIONS: dict[str, Any] = {
-    "backbone_channels": [8, 16],
-    "backbone_res_blocks": 1,
+    "backbone_channels": [8, 16],  # the widths of configs/backbone/diffusion_model_unet.json (0.3.x default)
     "backbone_attention_levels": [False, True],
     "backbone_head_channels": 8,
     "backbone_norm_groups": 8,

@@ -71,8 +71,8 @@ def build_pipeline(pipeline: str, smoke: bool, tmp: Path):
     elif pipeline.startswith("textdiff_faithful"):
         # TextDiff / FastTextDiff's research pipeline built from our modules: frozen backbone, TextDiff head (768),
         # a BERT-base text encoder re-run on every item of every step (no cache), the full decoder run, and
-        # the timesteps one after another
-        layers.append(str(CONFIGS / "ablation" / "textdiff_head.json"))
+        # the timesteps one after another; the backbone a diffusion UNet (MONAI's DiffusionModelUNet, as in 0.3.x)
+        layers += [str(CONFIGS / "backbone" / "diffusion_model_unet.json"), str(CONFIGS / "ablation" / "textdiff_head.json")]
         overrides.update({"backbone_trainable": False, "timesteps": list(PAPER_TIMESTEPS), "text_encoder_path": str(_bert_base_folder("bert", tmp / "bert", smoke)),
                           "text_max_tokens": 10})
         overrides["network_def#textdiff_width"] = 768 if not smoke else 8

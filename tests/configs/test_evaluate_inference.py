@@ -34,10 +34,9 @@ def test_evaluate_is_an_override_layer_not_a_copy():
 
 
 def inference_options(trained, tmp_path, **extra):
-    keys = ("text_encoder_path", "image_encoder_kind", "image_encoder_path", "backbone_channels",
-            "backbone_attention_levels", "backbone_res_blocks", "backbone_head_channels", "backbone_norm_groups",
-            "blocks", "prompt_dim", "fusion_dim", "image_size", "datalist")
-    return {**{k: trained[k] for k in keys}, "model_path": os.path.join(trained["ckpt_dir"], "model.pt"),
+    keys = ("text_encoder_path", "image_encoder_kind", "image_encoder_path", "unet_features", "backbone_attention",
+            "backbone_head_channels", "backbone_norm_groups", "blocks", "prompt_dim", "fusion_dim", "image_size", "datalist")
+    return {**{k: trained[k] for k in keys if k in trained}, "model_path": os.path.join(trained["ckpt_dir"], "model.pt"),
             "output_dir": str(tmp_path / "pred"), **extra}
 
 

@@ -62,11 +62,11 @@ def test_evaluation_and_inference_average_over_the_training_symmetries(preset, e
 
 def test_command_line_false_means_false(tiny_network_options):
     """`--backbone_trainable false` reaches the config as the string "false"; it must still freeze."""
-    options = {**tiny_network_options, "backbone_attention_levels": ["false", "true"]}
+    options = {**tiny_network_options, "backbone_attention": ["true", "false", "False", "false", "TRUE"]}
     net = parse(backbone_trainable="false", fusion_norm="False", **options).get_parsed_content("network_def")
     assert not net.extractor.trainable
     assert not any(p.requires_grad for n, p in net.extractor.backbone.named_parameters() if "attn2" not in n and "norm2" not in n)
-    assert tuple(net.extractor.backbone.unet.attention_levels) == (False, True)
+    assert sorted(net.extractor.backbone.attentions) == ["0", "4"]  # after the bottleneck and after decoder block 3
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in net.fusion.modules())  # fusion_norm "False"
     default = parse(**tiny_network_options).get_parsed_content("network_def")
     assert all(isinstance(f.reduce[-1], torch.nn.GroupNorm) for f in default.fusion.fusions)  # the default: normalised
@@ -177,22 +177,34 @@ def test_pretrained_encoder_layers_build_the_lcpdn_backbone_and_the_same_encoder
     assert isinstance(baseline, FlexibleUNet) and baseline.backbone == "efficientnet-lite0"
 
 
-def test_basic_unet_layer_builds_the_lcpdn_backbone_and_its_stage_1(tiny_network_options):
-    """configs/backbone/basic_unet.json: LCPDN on BasicUNet's blocks; stage 1 pretrains the same module."""
-    from bundle.networks import BasicUNetBackbone
+def test_default_backbone_is_basic_unet_and_the_previous_one_is_a_layer(tiny_network_options):
+    """0.4.0: the default backbone is BasicUNet's blocks (stage 1 pretrains the same module); the MONAI
+    DiffusionModelUNet default of 0.3.x is the layer configs/backbone/diffusion_model_unet.json."""
+    from bundle.networks import BasicUNetBackbone, MonaiDiffusionBackbone
 
     options = {k: v for k, v in tiny_network_options.items() if k != "blocks"}
-    net = parse("backbone/basic_unet.json", **options).get_parsed_content("network_def")
+    net = parse(**options).get_parsed_content("network_def")
     backbone = net.extractor.backbone
     assert isinstance(backbone, BasicUNetBackbone) and net.extractor.blocks == [0, 1, 2, 3]
     assert backbone.decoder_block_channels() == [16, 16, 8, 8]  # unet_features of the tiny network
     assert net.eval()(torch.zeros(1, 3, 32, 32), "one lesion.").shape == (1, 2, 32, 32)
-    cprfl_off = parse("backbone/basic_unet.json", "ablation/cprfl_off.json", **options).get_parsed_content("network_def")
+    cprfl_off = parse("ablation/cprfl_off.json", **options).get_parsed_content("network_def")
     assert cprfl_off.extractor.backbone.cross_attention_dim is None
     parser = ConfigParser()
-    parser.read_config([TRAIN, str(CONFIGS / "pretrain_diffusion.json"), str(CONFIGS / "backbone" / "basic_unet.json")])
+    parser.read_config([TRAIN, str(CONFIGS / "pretrain_diffusion.json")])
     parser.update({**options, "device": "cpu"})
     assert isinstance(parser.get_parsed_content("pretrain#unet"), BasicUNetBackbone)
+    layer = parse("backbone/diffusion_model_unet.json")  # the 0.3.x default, so that its checkpoints load
+    assert layer["blocks"] == [2, 4, 6, 8] and layer["backbone_channels"] == [16, 32, 64, 128, 128]
+    assert layer["backbone_attention_levels"] == [False] * 4 + [True] and layer["backbone_res_blocks"] == 1
+    assert (layer["backbone_head_channels"], layer["backbone_norm_groups"]) == (32, 16)
+    previous = {**options, "backbone_channels": [8, 16], "backbone_attention_levels": [False, True], "blocks": [0, 2]}
+    net = parse("backbone/diffusion_model_unet.json", **previous).get_parsed_content("network_def")
+    assert isinstance(net.extractor.backbone, MonaiDiffusionBackbone)
+    assert net.extractor.backbone.decoder_block_channels() == [16, 16, 8, 8]
+    inference = ConfigParser()
+    inference.read_config(INFERENCE)
+    assert inference["backbone"] == parse()["backbone"] and inference["blocks"] == [0, 1, 2, 3]
 
 
 def test_resized_mask_stays_on_its_image(tmp_path):

@@ -23,14 +23,15 @@ def test_pretrain_then_train_with_the_frozen_backbone(run_options, tmp_path):
     assert pre.parser.get_parsed_content("pretrain#trainer").state.metrics["pretrain_loss_avg"] > 0  # logged per epoch
     ckpt = tmp_path / "models" / "backbone_pretrained.pt"
     state = torch.load(ckpt, weights_only=True)
-    assert any(k.startswith("up_blocks") for k in state)  # a plain DiffusionModelUNet state dict
+    assert any(k.startswith("up.") for k in state) and not any(k.startswith("head") for k in state)  # the denoiser only
 
     wf = ConfigWorkflow(config_file=TRAIN, meta_file=METADATA, workflow_type="train",
                         **{**run_options, "epochs": 1, "backbone_ckpt": str(ckpt), "backbone_trainable": False,
                            "ckpt_dir": str(tmp_path / "stage2")})
     wf.initialize()
     net = wf.parser.get_parsed_content("network")
-    unet = net.extractor.backbone.unet
+    unet = net.extractor.backbone.denoiser
+    assert unet.state_dict().keys() == state.keys()
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in state.items())  # loaded
     cross = {k for k in state if ".attn2." in k or ".norm2." in k and ".transformer_blocks." in k}
     assert cross and net.parameter_report()["backbone"] == sum(state[k].numel() for k in cross)

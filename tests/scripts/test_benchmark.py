@@ -113,16 +113,18 @@ def test_lesions_and_steering_smoke(tmp_path, root):
     """The CXR table on the committed tiny chest X-rays: one split per sentence source, then the steering probe."""
     data = root / "tests" / "data" / "cxr_tiny"
     out = tmp_path / "lesions"
-    assert benchmark.main(["lesions", "--smoke", "--out", str(out), "--images", str(data / "img"), "--masks",
-                           str(data / "lesion"), "--lungs", str(data / "lungs"), "--csv", str(data / "meta.csv"),
-                           "--epochs", "1", "--val-fraction", "0.34", "--text-sources", "generated", "constant",
-                           "--variants", "lcpdn"]) == 0
+    argv = ["lesions", "--smoke", "--out", str(out), "--images", str(data / "img"), "--masks", str(data / "lesion"),
+            "--lungs", str(data / "lungs"), "--csv", str(data / "meta.csv"), "--epochs", "1", "--val-fraction", "0.34"]
+    assert benchmark.main([*argv, "--text-sources", "generated", "constant", "--variants", "lcpdn"]) == 0
+    # another LCPDN variant: its layer, a run per sentence source named after it
+    assert benchmark.main([*argv, "--text-sources", "constant", "--variants", "lcpdn_diffusion_unet"]) == 0
     generated = json.loads((out / "datalist_generated.json").read_text())
     constant = json.loads((out / "datalist_constant.json").read_text())
     assert [i["image"] for i in generated["validation"]] == [i["image"] for i in constant["validation"]]  # same split
     assert {i["text"] for i in constant["training"]} == {"Pulmonary infection in the lungs."}
-    names = {r["name"] for r in bench_runs.read_results(out) if "metrics" in r}
-    assert names == {"cxr_lcpdn_generated_seed0", "cxr_lcpdn_constant_seed0"}
+    runs = {r["name"]: r for r in bench_runs.read_results(out) if "metrics" in r}
+    assert set(runs) == {"cxr_lcpdn_generated_seed0", "cxr_lcpdn_constant_seed0", "cxr_lcpdn_constant_diffusion_unet_seed0"}
+    assert runs["cxr_lcpdn_constant_diffusion_unet_seed0"]["layers"][-1].endswith("diffusion_model_unet.json")
     assert benchmark.main(["steering", "--results", str(out), "--run", "cxr_lcpdn_generated_seed0", "--datalist",
                            str(out / "datalist_generated.json"), "--out", str(tmp_path / "steer")]) == 0
     (record,) = bench_runs.read_results(tmp_path / "steer")
