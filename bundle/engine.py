@@ -91,7 +91,11 @@ class TextInferer(SimpleInferer):
         text = self.text if self.text is not None else text if self.reads_text else None
 
         def run(x: torch.Tensor, sentences: Any) -> torch.Tensor:
-            return network(x, *args, text=sentences, **kwargs) if self.reads_text else network(x, *args, **kwargs)
+            if not self.reads_text:
+                return network(x, *args, **kwargs)
+            if orientation is not None:  # the location prompt draws the sentence's places on the stored array
+                kwargs["orientation"] = orientation
+            return network(x, *args, text=sentences, **kwargs)
 
         if len(self.symmetries) == 1:
             return run(inputs, text)

@@ -220,7 +220,7 @@ def table_steering(args: argparse.Namespace) -> None:
             display = dihedral.SYMMETRIES[swap]
             orientation = dihedral.ORIENTATION_MATRICES[item.get("orientation") or "standard"]
             with torch.inference_mode():
-                preds = [net(data["image"][None].float(), text=[t]).argmax(1) for t in
+                preds = [net(data["image"][None].float(), text=[t], orientation=[item.get("orientation")]).argmax(1) for t in
                          (text, dihedral.rewrite_locations(text, display, "radiological"))]
             preds = [dihedral.apply(p, orientation)[0] for p in preds]  # (X, Y) in the standard display
             # the named half of the standard display: patient's left = viewer's right (x >= X/2), upper: y < Y/2
@@ -241,7 +241,8 @@ def table_steering(args: argparse.Namespace) -> None:
             if referred is None:
                 continue
             with torch.inference_mode():
-                pred = net(data["image"][None].float(), text=[referred[1]]).argmax(1)[0].numpy().T > 0
+                pred = net(data["image"][None].float(), text=[referred[1]], orientation=[orientation_name])
+                pred = pred.argmax(1)[0].numpy().T > 0
             std_pred = to_standard(pred, orientation_name)
             width = std_pred.shape[1]
             in_side = std_pred[:, width // 2:] if side == "left" else std_pred[:, : width // 2]  # patient's left: viewer's right

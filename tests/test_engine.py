@@ -36,12 +36,14 @@ class Recorder(torch.nn.Module):
     def __init__(self, reads_text: bool = True) -> None:
         super().__init__()
         self.calls: list[tuple[torch.Tensor, object]] = []
+        self.orientations: list[object] = []
         self.reads_text = reads_text
 
-    def forward(self, image: torch.Tensor, text: object = "absent") -> torch.Tensor:
+    def forward(self, image: torch.Tensor, text: object = "absent", orientation: object = None) -> torch.Tensor:
         if not self.reads_text:
-            assert text == "absent", "an image-only network must not be given text"
+            assert text == "absent" and orientation is None, "an image-only network must not be given text"
         self.calls.append((image.clone(), text))
+        self.orientations.append(orientation)
         return torch.cat([-image[:, :1], image[:, :1]], dim=1)
 
 
@@ -76,6 +78,7 @@ def test_tta_follows_the_stored_orientation_of_ct_slices():
     TextInferer(symmetries="mirror", modality="ct")(image, net, text=[sentence], orientation=["transposed"])
     (x0, t0), (x1, t1) = net.calls
     assert torch.equal(x0, image) and t0 == [sentence]
+    assert net.orientations == [["transposed"]] * 2  # the location prompt draws on the stored array
     stored = dihedral.to_stored(dihedral.SYMMETRIES["mirror"], "transposed")
     assert stored == dihedral.SYMMETRIES["flip_vertical"]
     assert torch.equal(x1, image.flip(3))

@@ -15,6 +15,7 @@ from .encoder_backbone import PretrainedEncoderBackbone
 from .head import PixelClassifier
 from .image_encoder import ImageEncoder, build_image_encoder
 from .lcpdn import FUSIONS, LCPDN
+from .location_prompt import LocationPrompt
 from .ltfr import LTFR, MultiScaleFusion, tile_text
 from .text_encoder import TextEncoder, clear_text_cache, default_text_encoder_path
 from .textdiff_head import TextDiffHead
@@ -33,6 +34,7 @@ __all__ = [
     "ImageEncoder",
     "LCPDN",
     "LTFR",
+    "LocationPrompt",
     "MonaiDiffusionBackbone",
     "MultiScaleFusion",
     "PixelClassifier",

@@ -5,6 +5,7 @@
     image ─(noise at t ∈ T)──► DiffusionFeatureExtractor(P, Q*) (Eq. 6) ─► F_img per block
     [optional: the image encoder's own feature maps, ``encoder_scales``, as extra F_img scales]
     F_img, F^T ─► LTFR per scale (Eq. 7-10) ─► upsample + concat (Eq. 11) ─► PixelClassifier ─► logits
+    [optional: the lungs and zones the sentence names as maps beside H, ``location_prompt``]
 
 Ablations of the paper's Table 2 and the TextDiff-style variant are constructor switches:
 ``cprfl=False`` (P = timestep embedding only, no cross-attention, no image encoder),
@@ -30,6 +31,7 @@ from .backbone import DiffusionFeatureExtractor
 from .cross_attention_fusion import CrossAttentionFusion
 from .head import PixelClassifier
 from .image_encoder import ImageEncoder, build_image_encoder
+from .location_prompt import LocationPrompt
 from .ltfr import LTFR, MultiScaleFusion
 from .text_encoder import TextEncoder
 from .textdiff_head import TextDiffHead
@@ -72,6 +74,8 @@ class LCPDN(nn.Module):
         encoder_scales: stages of the frozen image encoder whose feature maps join the diffusion
             features as extra LTFR scales (not in the paper; ``()`` = the paper). For EfficientNet-Lite0
             stage k is at stride 2^(k+1). Needs a convolutional image encoder; built also without CPRFL.
+        location_prompt: give the pixel classifier the side and zone maps of the lungs each sentence
+            names (:class:`~bundle.networks.location_prompt.LocationPrompt`; not in the paper) beside H.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class LCPDN(nn.Module):
         training_noise: str = "shared",
         channels_last: bool = True,
         encoder_scales: Sequence[int] = (),
+        location_prompt: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -135,23 +140,29 @@ class LCPDN(nn.Module):
         self.encoder_scales = self.image_encoder.check_scales(encoder_scales) if encoder_scales else []
         in_channels = self.extractor.out_channels + [self.image_encoder.map_channels[s] for s in self.encoder_scales]
         text_dim = self.text_encoder.dim
+        convention = "image" if self.modality == "he" else "radiological"
+        self.location_prompt = LocationPrompt(convention) if location_prompt else None
+        if self.location_prompt is not None and fusion == "textdiff":
+            raise BundleInputError("location_prompt feeds the pixel classifier, which fusion textdiff does not have")
+        extra = self.location_prompt.channels if self.location_prompt is not None else 0
         if fusion == "textdiff":
             self.fusion = None
             self.classifier = TextDiffHead(in_channels, text_dim, textdiff_width, out_channels=out_channels)
         else:
             module = LTFR if fusion == "ltfr" else CrossAttentionFusion
             self.fusion = MultiScaleFusion([module(c, text_dim, fusion_dim, fusion_norm) for c in in_channels])
-            self.classifier = PixelClassifier(fusion_dim * len(in_channels), out_channels, classifier_hidden)
+            self.classifier = PixelClassifier(fusion_dim * len(in_channels) + extra, out_channels, classifier_hidden)
         self._multiple = max(self.extractor.backbone.decoder_block_strides())
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def encode_text(self, text: TextInput, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text input -> tokens (B, N, D_t) and mask (B, N) on ``device``."""
-        if isinstance(text, tuple) and len(text) == 2 and all(isinstance(t, torch.Tensor) for t in text):
-            tokens, mask = text
-            return tokens.to(device), mask.to(device).bool()
+    @staticmethod
+    def _is_encoded(text: TextInput) -> bool:
+        return isinstance(text, tuple) and len(text) == 2 and all(isinstance(t, torch.Tensor) for t in text)
+
+    def sentences(self, text: TextInput, batch: int) -> list[str]:
+        """Text input (not pre-encoded) -> one sentence per image, the default one where there is none."""
         if text is None:
             text = [self.default_text] * batch
         elif isinstance(text, str):
@@ -159,10 +170,22 @@ class LCPDN(nn.Module):
         text = [t if isinstance(t, str) and t.strip() else self.default_text for t in text]
         if len(text) != batch:
             raise ValueError(f"got {len(text)} sentences for {batch} images")
-        return self.text_encoder(text, device=device)
+        return text
 
-    def forward(self, image: torch.Tensor, text: TextInput = None) -> torch.Tensor:
-        """image (B, 3, H, W) in [-1, 1], text -> logits (B, out_channels, H, W)."""
+    def encode_text(self, text: TextInput, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text input -> tokens (B, N, D_t) and mask (B, N) on ``device``."""
+        if self._is_encoded(text):
+            tokens, mask = text
+            return tokens.to(device), mask.to(device).bool()
+        return self.text_encoder(self.sentences(text, batch), device=device)
+
+    def forward(
+        self, image: torch.Tensor, text: TextInput = None, orientation: str | Sequence[str | None] | None = None
+    ) -> torch.Tensor:
+        """image (B, 3, H, W) in [-1, 1], text, the items' stored orientation -> logits (B, out_channels, H, W).
+
+        ``orientation`` matters only to the location prompt; pre-encoded text gives it no places.
+        """
         if image.ndim != 4:
             raise ValueError(f"LCPDN expects images of shape (B, C, H, W), got {tuple(image.shape)}")
         h, w = image.shape[-2:]
@@ -184,7 +207,12 @@ class LCPDN(nn.Module):
         feats = [*feats, *maps]
         if self.fusion is None:
             return self.classifier(feats, tokens, mask, (h, w))
-        return self.classifier(self.fusion(feats, tokens, mask, (h, w)))  # Eq. 7-11 + classifier
+        fused = self.fusion(feats, tokens, mask, (h, w))  # Eq. 7-11
+        if self.location_prompt is not None:
+            texts = [""] * image.shape[0] if self._is_encoded(text) else self.sentences(text, image.shape[0])
+            places = self.location_prompt(texts, (h, w), orientation, fused.device).to(fused.dtype)
+            fused = torch.cat([fused, places], dim=1)
+        return self.classifier(fused)
 
     def parameter_report(self) -> dict[str, int]:
         """Trainable parameters per component and in total (frozen encoders are not counted)."""

@@ -76,6 +76,16 @@ def test_command_line_false_means_false(tiny_network_options):
     assert "option cprfl must be true or false" in find_input_error(info.value)
 
 
+def test_location_prompt_option_reaches_train_and_inference_networks(tiny_network_options):
+    assert parse(**tiny_network_options).get_parsed_content("network_def").location_prompt is None
+    for files in ([TRAIN, str(CONFIGS / "modality" / "cxr.json")], [INFERENCE, str(CONFIGS / "modality" / "cxr.json")]):
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.update({**tiny_network_options, "location_prompt": "true"})
+        net = parser.get_parsed_content("network_def")
+        assert net.location_prompt is not None and net.location_prompt.convention == "radiological"
+
+
 def test_ct_preset_rescales_8_bit_windowed_pictures(tmp_path):
     """An 8-bit lung-windowed PNG (MedSeg / MosMedData+) is not squeezed by the Hounsfield window."""
     import numpy as np

@@ -182,3 +182,26 @@ def test_padding_would_change_the_output_without_the_key_mask(encoders):
         reference = net(X, (tokens, mask))
     assert any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(masked, unmasked))
     assert torch.allclose(net(X, padded), reference, atol=1e-5)
+
+
+def test_location_prompt_puts_the_named_lung_beside_h(encoders):
+    """The classifier reads two more channels; swapping the lung in the sentence moves them, and so the output."""
+    net = build(encoders, modality="cxr", location_prompt=True)
+    assert net.classifier[0].in_channels == build(encoders, modality="cxr").classifier[0].in_channels + 2
+    left, right = (f"Unilateral pulmonary infection, one infected area, lower {s} lung." for s in ("left", "right"))
+    net.eval()
+    with torch.no_grad():
+        out_left, out_right = net(X[:1], [left]), net(X[:1], [right])
+        assert not torch.allclose(out_left, out_right)
+    with pytest.raises(BundleInputError, match="textdiff"):
+        build(encoders, cprfl=False, fusion="textdiff", modality="cxr", location_prompt=True)
+
+
+def test_location_prompt_uses_the_stored_orientation_and_accepts_pre_encoded_text(encoders):
+    net = build(encoders, modality="ct", location_prompt=True).eval()
+    sentence = ["Unilateral pulmonary infection, one infected area, lower left lung."]
+    with torch.no_grad():
+        standard, transposed = net(X[:1], sentence), net(X[:1], sentence, orientation=["transposed"])
+        assert not torch.allclose(standard, transposed)
+        tokens = net.encode_text(sentence, 1, X.device)
+        assert net(X[:1], tokens).shape == (1, 2, 32, 32)  # no sentence to read: no place is ruled out
