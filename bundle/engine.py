@@ -277,7 +277,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
                 getattr(model, "module", model).state_dict(),
                 state,
                 self.load_path,
-                "It was trained with other network options (e.g. cprfl, fusion, blocks, unet_features, or another backbone layer): "
+                "It was trained with other network options (e.g. cprfl, fusion, blocks, unet_features, location_prompt, or another backbone layer): "
                 "pass the same options, or point to the right checkpoint.",
             )
 

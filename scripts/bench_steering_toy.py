@@ -7,7 +7,9 @@ which lesion is wanted: a network that ignores the words is right half of the ti
 foreground on each side); one that reads them puts all of it on the named side. The bundle's own network,
 loss and optimizer (``configs/train.json`` + ``configs/modality/cxr.json`` + ``--set``) are trained in a plain
 loop on fresh pictures, so this separates "the architecture cannot act on location words" from "the real
-data gives it no reason to" (docs/benchmarks.md section 17).
+data gives it no reason to" (docs/benchmarks.md section 17). It measures the learned path from words to
+pixels, so the preset's location prompt, which draws the named lung on the picture, is off unless
+``--set location_prompt=true``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def table_steering_toy(args: argparse.Namespace) -> dict[str, Any]:
     from monai.bundle import ConfigParser
 
     size = 32 if args.smoke else args.size
-    options = {**(SMOKE_OPTIONS if args.smoke else {}), "image_size": [size, size], **parse_sets(args.set)}
+    options = {**(SMOKE_OPTIONS if args.smoke else {}), "image_size": [size, size], "location_prompt": False,
+               **parse_sets(args.set)}
     parser = ConfigParser()
     parser.read_config([TRAIN, str(CONFIGS / "modality" / "cxr.json")])
     parser.update({"seed": args.seed, **options})

@@ -211,6 +211,8 @@ class LCPDN(nn.Module):
         if self.location_prompt is not None:
             texts = [""] * image.shape[0] if self._is_encoded(text) else self.sentences(text, image.shape[0])
             places = self.location_prompt(texts, (h, w), orientation, fused.device).to(fused.dtype)
+            if self.channels_last:  # cat keeps channels-last only when every input has it
+                places = places.contiguous(memory_format=torch.channels_last)
             fused = torch.cat([fused, places], dim=1)
         return self.classifier(fused)
 

@@ -77,7 +77,9 @@ def test_command_line_false_means_false(tiny_network_options):
 
 
 def test_location_prompt_option_reaches_train_and_inference_networks(tiny_network_options):
+    """Off by default (H&E sentences name no lung); on in the chest X-ray preset (docs/benchmarks.md section 21)."""
     assert parse(**tiny_network_options).get_parsed_content("network_def").location_prompt is None
+    assert parse("modality/cxr.json", **tiny_network_options).get_parsed_content("network_def").location_prompt is not None
     for files in ([TRAIN, str(CONFIGS / "modality" / "cxr.json")], [INFERENCE, str(CONFIGS / "modality" / "cxr.json")]):
         parser = ConfigParser()
         parser.read_config(files)

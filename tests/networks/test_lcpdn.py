@@ -190,9 +190,12 @@ def test_location_prompt_puts_the_named_lung_beside_h(encoders):
     assert net.classifier[0].in_channels == build(encoders, modality="cxr").classifier[0].in_channels + 2
     left, right = (f"Unilateral pulmonary infection, one infected area, lower {s} lung." for s in ("left", "right"))
     net.eval()
+    layouts = []
+    net.classifier.register_forward_pre_hook(lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     with torch.no_grad():
         out_left, out_right = net(X[:1], [left]), net(X[:1], [right])
         assert not torch.allclose(out_left, out_right)
+    assert layouts == [True, True]  # the maps keep H channels-last (the classifier's 1x1 convolutions are faster)
     with pytest.raises(BundleInputError, match="textdiff"):
         build(encoders, cprfl=False, fusion="textdiff", modality="cxr", location_prompt=True)
 

@@ -133,6 +133,13 @@ def test_lesions_and_steering_smoke(tmp_path, root):
     referring = [r for r in record["items"] if r["axis"] == "referring"]
     assert len(referring) <= 2 * len(bilateral)  # each lung of each bilateral item, at most
     assert all(r["text"].startswith("Unilateral") and 0 <= r["dice_named_lung"] <= 1 for r in referring)
+    # the location prompt trains, and steering reads it through the items' orientation
+    assert benchmark.main([*argv, "--text-sources", "generated", "--variants", "lcpdn", "--tag", "_location",
+                           "--set", "location_prompt=true"]) == 0
+    runs = {r["name"]: r for r in bench_runs.read_results(out) if "metrics" in r}
+    assert runs["cxr_lcpdn_generated_location_seed0"]["options"]["location_prompt"] is True
+    assert benchmark.main(["steering", "--results", str(out), "--run", "cxr_lcpdn_generated_location_seed0",
+                           "--datalist", str(out / "datalist_generated.json"), "--out", str(tmp_path / "steer_location")]) == 0
     assert benchmark.main(["label-resize", "--results", str(out), "--run", "cxr_lcpdn_generated_seed0", "--datalist",
                            str(out / "datalist_generated.json"), "--out", str(tmp_path / "resize")]) == 0
     (record,) = bench_runs.read_results(tmp_path / "resize")
