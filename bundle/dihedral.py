@@ -41,6 +41,7 @@ __all__ = [
     "compose",
     "inverse",
     "keeps_axes",
+    "orientation_matrix",
     "to_stored",
     "apply",
     "rewrite_locations",
@@ -109,13 +110,18 @@ def keeps_axes(a: Matrix) -> bool:
     return a[0][1] == 0 and a[1][0] == 0
 
 
-def to_stored(display: Matrix, orientation: str = "standard") -> Matrix:
-    """The symmetry of the stored array that acts as ``display`` on the standard display."""
+def orientation_matrix(orientation: str = "standard") -> Matrix:
+    """The symmetry m with standard display = m @ stored, for an orientation name (one clear error otherwise)."""
     if orientation not in ORIENTATION_MATRICES:
         raise BundleInputError(
             f"unknown orientation {orientation!r}; expected one of {', '.join(ORIENTATION_MATRICES)}"
         )
-    m = ORIENTATION_MATRICES[orientation]  # standard = m @ stored
+    return ORIENTATION_MATRICES[orientation]
+
+
+def to_stored(display: Matrix, orientation: str = "standard") -> Matrix:
+    """The symmetry of the stored array that acts as ``display`` on the standard display."""
+    m = orientation_matrix(orientation)  # standard = m @ stored
     return compose(inverse(m), compose(display, m))
 
 

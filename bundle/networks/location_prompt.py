@@ -28,7 +28,6 @@ from functools import lru_cache
 import torch
 
 from .. import dihedral
-from ..errors import BundleInputError
 from ..sentences import ZONES, places_in_sentence
 
 __all__ = ["LocationPrompt", "sides_in_sentence"]
@@ -44,11 +43,7 @@ def sides_in_sentence(text: str) -> set[str]:
 @lru_cache(maxsize=4096)
 def _maps(text: str, orientation: str, size: tuple[int, int], convention: str) -> torch.Tensor:
     """(2, X, Y) side and zone maps of ``text`` for a stored array of spatial ``size``."""
-    if orientation not in dihedral.ORIENTATION_MATRICES:
-        raise BundleInputError(
-            f"unknown orientation {orientation!r}; expected one of {', '.join(dihedral.ORIENTATION_MATRICES)}"
-        )
-    m = dihedral.ORIENTATION_MATRICES[orientation]  # standard display = m @ stored
+    m = dihedral.orientation_matrix(orientation)  # standard display = m @ stored
     x, y = size if dihedral.keeps_axes(m) else size[::-1]  # display size
     maps = torch.ones(2, x, y)
     sides = sides_in_sentence(text)
